@@ -1,0 +1,87 @@
+"""Shared fixtures: a seeded tiny CNN, seeded registry models (weights=None), images."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+# No test may touch the network: zoo weights resolve into an empty temporary cache.
+os.environ.setdefault("TORCH_HOME", "/nonexistent-vizkit-test-torch-home")
+
+from vizkit.models import ModelSpec, get_spec, list_models, load_model, wrap_module  # noqa: E402
+
+
+def make_tiny_cnn(seed: int = 0) -> nn.Module:
+    """conv(3→4, 3×3) → ReLU → maxpool 2 → conv(4→6, 3×3) → ReLU → GAP → linear(6→3)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 4, 3, padding=1)),
+        ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(4, 6, 3, padding=1)),
+        ("relu2", nn.ReLU()),
+        ("gap", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(6, 3)),
+    ]))
+    return net
+
+
+TINY_SPEC = ModelSpec(
+    name="tiny", title="tiny test CNN", input_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+    cam_layer="relu2", classes=("a", "b", "c"), builder=make_tiny_cnn,
+)
+
+
+@pytest.fixture
+def tiny():
+    """A seeded tiny CNN wrapped as a LoadedModel on the CPU (16×16 input, 3 classes)."""
+    return wrap_module(make_tiny_cnn(), TINY_SPEC, device="cpu")
+
+
+_ZOO_CACHE: dict[str, object] = {}
+
+
+def zoo_model(name: str):
+    """A registry model with seeded random weights (weights=None), shared within the session.
+
+    Tests that share it must leave it as they found it; the hook-hygiene tests check that.
+    """
+    if name not in _ZOO_CACHE:
+        torch.manual_seed(0)
+        _ZOO_CACHE[name] = load_model(name, device="cpu", weights=None)
+    return _ZOO_CACHE[name]
+
+
+@pytest.fixture(params=list_models())
+def registry_model(request):
+    """Every registry model, seeded, weights=None (parametrized, timm-style)."""
+    return zoo_model(request.param)
+
+
+@pytest.fixture
+def fashion():
+    """The bundled fashion-zf with its shipped weights (they are part of the repository)."""
+    spec = get_spec("fashion-zf")
+    assert spec.weights_file.is_file(), f"bundled weights missing: {spec.weights_file}"
+    return load_model("fashion-zf", device="cpu")
+
+
+def random_image(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
+    """A seeded random RGB uint8 image with some structure (smooth blobs plus noise)."""
+    rng = np.random.default_rng(seed)
+    low = rng.random((max(h // 8, 2), max(w // 8, 2), 3))
+    img = np.kron(low, np.ones((8, 8, 1)))[:h, :w]
+    img = np.pad(img, ((0, max(0, h - img.shape[0])), (0, max(0, w - img.shape[1])), (0, 0)), mode="edge")
+    img = 0.8 * img + 0.2 * rng.random((h, w, 3))
+    return (img * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image():
+    return random_image()
