@@ -1,0 +1,322 @@
+"""Streamlit glue shared by the pages: cached model, sidebar, image source, results, downloads.
+
+The model is cached with ``st.cache_resource`` and shared by every session thread; its
+``LoadedModel.lock`` serializes hook use inside vizkit. Pages compute on a button press, keep the
+result in ``st.session_state`` under a key that includes the model and the image, and render
+from it on every rerun. Pages never import torch; vizkit never imports streamlit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+import vizkit as vk
+from vizkit import render
+from vizkit.models import get_spec, weights_available
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "assets" / "samples"
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
+MAX_UPLOAD_MB = 20
+
+# Session-state keys (one place, so pages and tests agree on them).
+KEY_MODEL = "vk_model"
+KEY_SOURCE = "vk_source"
+KEY_SAMPLE = "vk_sample"
+KEY_SCENE = "vk_scene"
+KEY_UPLOAD = "vk_upload"
+KEY_UPLOADED = "vk_uploaded"  # (file_id, image) of the last decoded upload
+KEY_RESULTS = "vk_results"
+
+SOURCE_SAMPLE = "Sample image"
+SOURCE_SCENE = "Dataset scene"
+SOURCE_UPLOAD = "Upload"
+
+USER_ERRORS = (ValueError, vk.ImageError, vk.WeightsError)
+log = logging.getLogger("vizkit.app")
+
+
+@dataclass(frozen=True)
+class Picked:
+    """The image the sidebar selected: pixels, a short name, a content hash, a label if known."""
+
+    image: np.ndarray
+    name: str
+    digest: str
+    label: int | None = None
+
+
+# ---------------------------------------------------------------- errors
+
+
+def show_error(exc: BaseException, where: st.delta_generator.DeltaGenerator | None = None) -> None:
+    """A clear message for a failed computation, never a traceback.
+
+    vizkit's own errors (ValueError, ImageError, WeightsError) carry a message meant for the user;
+    anything else is logged with its traceback on the server and summarized here.
+    """
+    target = where or st
+    if isinstance(exc, vk.WeightsError):
+        target.error(f"Weights problem: {exc}")
+    elif isinstance(exc, USER_ERRORS):
+        target.error(str(exc))
+    elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        target.error("The device ran out of memory. Try a smaller image, patch count or batch, or the CPU.")
+    else:
+        log.exception("unexpected error in a vizkit call")
+        target.error(f"Something went wrong ({type(exc).__name__}): {exc}")
+
+
+def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any | None:
+    """Runs ``fn``; on failure shows ``show_error`` and returns None (reruns and stops pass through)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a message, not a trace
+        show_error(exc)
+        return None
+
+
+# ---------------------------------------------------------------- model
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=3)
+def cached_model(name: str) -> vk.LoadedModel:
+    """The shared model (its ``.lock`` serializes hook use across sessions)."""
+    return vk.load_model(name)
+
+
+def weights_help(name: str) -> str:
+    """How to get ``name``'s weights when they are missing."""
+    spec = get_spec(name)
+    if spec.bundled:
+        return (f"The bundled weights file {spec.weights_file.name} is missing from assets/. "
+                "Train it with `python -m vizkit.train` or restore it from the repository.")
+    from vizkit.weights import zoo_checkpoint_path
+
+    path = zoo_checkpoint_path(spec)
+    return (f"Weights for {spec.title} are not on this machine (expected {path}). With network, "
+            f"press *Download weights*; offline, download {spec.weights_enum.url} elsewhere and run "
+            f"`python -m vizkit weights import FILE --model {name}`.")
+
+
+def model_label(name: str) -> str:
+    title = get_spec(name).title
+    return title if weights_available(name) else f"{title} — weights missing"
+
+
+def current_model() -> vk.LoadedModel | None:
+    """The model picked in the sidebar, or None with a message saying how to get its weights."""
+    name = st.session_state.get(KEY_MODEL) or vk.list_models()[0]
+    if not weights_available(name):
+        st.warning(weights_help(name))
+        return None
+    try:
+        return cached_model(name)
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc)
+        return None
+
+
+def require_model() -> vk.LoadedModel:
+    """``current_model()`` or stop the page (the message is already shown)."""
+    m = current_model()
+    if m is None:
+        st.stop()
+    return m
+
+
+# ---------------------------------------------------------------- images
+
+
+def sample_paths() -> list[Path]:
+    return sorted(SAMPLES.glob("*.png"))
+
+
+@st.cache_resource(show_spinner=False)
+def _sample(path: str, mtime: float) -> np.ndarray:
+    return vk.load_image(path)
+
+
+@st.cache_resource(show_spinner="Loading the dataset scenes…")
+def scenes():
+    """The bundled held-out FashionScenes subset, or None while it is not shipped yet."""
+    from vizkit import data
+
+    if not data.SUBSET_FILE.is_file():
+        return None
+    return data.bundled_subset()
+
+
+def digest(img: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()[:16]
+
+
+def image_source(model_name: str) -> Picked | None:
+    """The sidebar's image picker: samples, bundled dataset scenes, or an upload."""
+    subset = scenes()
+    options = [SOURCE_SAMPLE, SOURCE_UPLOAD]
+    if subset is not None:
+        options.insert(1, SOURCE_SCENE)
+    if st.session_state.get(KEY_SOURCE) not in options:
+        bundled = get_spec(model_name).bundled
+        st.session_state[KEY_SOURCE] = SOURCE_SCENE if bundled and subset is not None else SOURCE_SAMPLE
+    source = st.sidebar.radio("Image", options, key=KEY_SOURCE, horizontal=True)
+    if source == SOURCE_SCENE and subset is not None:
+        index = st.sidebar.number_input(
+            f"Scene (0–{len(subset) - 1})", 0, len(subset) - 1, 0, key=KEY_SCENE,
+            help="Held-out FashionScenes: one Fashion-MNIST item on a textured canvas.",
+        )
+        img = subset.images[int(index)]
+        label = int(subset.labels[int(index)])
+        return Picked(img, f"scene{int(index)}", digest(img), label)
+    if source == SOURCE_UPLOAD:
+        upload = st.sidebar.file_uploader(
+            "Upload an image", type=UPLOAD_TYPES, key=KEY_UPLOAD,
+            help=f"PNG, JPEG, GIF (first frame), WebP, TIFF, BMP; at most {MAX_UPLOAD_MB} MB.",
+        )
+        if upload is None:
+            st.sidebar.info("Choose a file to upload.")
+            return None
+        cached = st.session_state.get(KEY_UPLOADED)
+        if cached is not None and cached[0] == upload.file_id:
+            img = cached[1]
+        else:
+            if upload.size > MAX_UPLOAD_MB * 2**20:
+                st.sidebar.error(f"{upload.size / 2**20:.0f} MB is over the {MAX_UPLOAD_MB} MB limit.")
+                return None
+            try:
+                img = vk.load_image(upload.getvalue())
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc, st.sidebar)
+                return None
+            st.session_state[KEY_UPLOADED] = (upload.file_id, img)
+        return Picked(img, "upload", digest(img))
+    paths = sample_paths()
+    if not paths:
+        st.sidebar.error(f"No sample images in {SAMPLES}.")
+        return None
+    names = [p.stem for p in paths]
+    name = st.sidebar.selectbox("Sample", names, key=KEY_SAMPLE)
+    path = paths[names.index(name)]
+    img = _sample(str(path), path.stat().st_mtime)
+    return Picked(img, name, digest(img))
+
+
+def sidebar() -> None:
+    """Model picker (missing weights marked, never a crash), device in use, image source."""
+    names = vk.list_models()
+    if st.session_state.get(KEY_MODEL) not in names:
+        st.session_state[KEY_MODEL] = names[0]
+    name = st.sidebar.selectbox("Model", names, key=KEY_MODEL, format_func=model_label)
+    if weights_available(name):
+        try:
+            m = cached_model(name)
+            st.sidebar.caption(f"Device: **{m.device}** · input {m.input_size}×{m.input_size} · "
+                               f"{len(m.classes)} classes")
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, st.sidebar)
+    else:
+        st.sidebar.warning(weights_help(name))
+        if not get_spec(name).bundled and st.sidebar.button("Download weights", key="vk_download"):
+            with st.sidebar.status("Downloading…"):
+                try:
+                    cached_model(name)
+                    st.rerun()
+                except Exception as exc:  # noqa: BLE001
+                    show_error(exc, st.sidebar)
+    picked = image_source(name)
+    if picked is not None:
+        st.sidebar.image(render.enlarge(picked.image, 160), caption=picked.name, width=160)
+    st.session_state["vk_picked"] = picked
+
+
+def current_image() -> Picked | None:
+    """The image the sidebar picked this run (None with a message when there is none)."""
+    picked = st.session_state.get("vk_picked")
+    if picked is None:
+        st.info("Pick or upload an image in the sidebar.")
+    return picked
+
+
+def require_inputs() -> tuple[vk.LoadedModel, Picked]:
+    """The model and image, or stop the page with a message."""
+    m = require_model()
+    picked = current_image()
+    if picked is None:
+        st.stop()
+    return m, picked
+
+
+# ---------------------------------------------------------------- results kept across reruns
+
+
+def result_key(page: str, m: vk.LoadedModel, picked: Picked | None) -> str:
+    return f"{page}|{m.spec.name}|{picked.digest if picked else '-'}"
+
+
+def store(page: str, m: vk.LoadedModel, picked: Picked | None, result: Any) -> None:
+    """Keeps ``result`` for this page, model and image (one per page)."""
+    st.session_state.setdefault(KEY_RESULTS, {})[page] = (result_key(page, m, picked), result)
+
+
+def stored(page: str, m: vk.LoadedModel, picked: Picked | None) -> Any | None:
+    """The page's kept result if it was computed for this model and image, else None."""
+    entry = st.session_state.get(KEY_RESULTS, {}).get(page)
+    if entry is None or entry[0] != result_key(page, m, picked):
+        return None
+    return entry[1]
+
+
+# ---------------------------------------------------------------- pictures and downloads
+
+
+def safe_name(*parts: object) -> str:
+    """A download filename built from our own parts only (user filenames are untrusted)."""
+    text = "-".join(str(p) for p in parts if p is not None and str(p) != "")
+    return (re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "vizkit")[:120] + ".png"
+
+
+def download(img: np.ndarray, filename: str, key: str, label: str = "Download PNG") -> None:
+    """A download button with the picture as PNG without metadata."""
+    st.download_button(label, data=render.to_png(img), file_name=filename, mime="image/png",
+                       key=key, icon=":material/download:", on_click="ignore")
+
+
+def picture(img: np.ndarray, caption: str, filename: str, key: str, min_side: int = 256) -> None:
+    """Shows a picture (small ones enlarged, pixels kept sharp) and its download button."""
+    st.image(render.enlarge(img, min_side), caption=caption)
+    download(img, filename, key=f"dl_{key}")
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def class_options(m: vk.LoadedModel, picked: Picked, key: str, label: str = "Target class") -> int:
+    """A class picker offering the top-5 predictions first (the top one is the default)."""
+    top = vk.predict(m, picked.image, top=5)
+    top_idx = [m.classes.index(name) for name, _ in top]
+    others = [i for i in range(len(m.classes)) if i not in top_idx]
+    probs = dict(zip(top_idx, (p for _, p in top), strict=True))
+
+    def fmt(i: int) -> str:
+        return f"{m.classes[i]} ({probs[i]:.1%})" if i in probs else f"{m.classes[i]}"
+
+    return int(st.selectbox(label, top_idx + others, key=key, format_func=fmt))
+
+
+def page_header(title: str, text: str) -> None:
+    st.title(title)
+    st.caption(text)
