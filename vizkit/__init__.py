@@ -31,6 +31,7 @@ _LAZY = {
     "sanity_check": "vizkit.sanity",
     "style_transfer": "vizkit.style",
     "invariance": "vizkit.zf_analyses",
+    "deletion_insertion": "vizkit.faithfulness",
 }
 
 __all__ = [
