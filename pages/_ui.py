@@ -1,5 +1,8 @@
 """Streamlit glue shared by the pages: cached model, sidebar, image source, results, downloads.
 
+Pages import vizkit functions from their modules (``from vizkit.cam import cam``), not as
+``vk.cam``: once a submodule is imported, the package attribute of that name is the module.
+
 The model is cached with ``st.cache_resource`` and shared by every session thread; its
 ``LoadedModel.lock`` serializes hook use inside vizkit. Pages compute on a button press, keep the
 result in ``st.session_state`` under a key that includes the model and the image, and render
@@ -23,6 +26,8 @@ import streamlit as st
 import vizkit as vk
 from vizkit import render
 from vizkit.models import get_spec, weights_available
+from vizkit.predict import predict
+from vizkit.receptive_field import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"
@@ -133,6 +138,31 @@ def require_model() -> vk.LoadedModel:
     if m is None:
         st.stop()
     return m
+
+
+@st.cache_resource(show_spinner="Analysing the model…", max_entries=4)
+def layer_summary(name: str):
+    """``vk.summarize`` of a cached model (a pure function of the architecture)."""
+    return summarize(cached_model(name))
+
+
+def spatial_layers(m: vk.LoadedModel) -> list[str]:
+    """Layers with a C×h×w output, in forward order (all named layers if the analysis fails)."""
+    try:
+        rows = layer_summary(m.spec.name)
+    except Exception:  # noqa: BLE001 - the table is a convenience; fall back to every name
+        log.exception("summarize failed for %s", m.spec.name)
+        return m.layers()
+    return [r.name for r in rows if len(r.output_shape) == 3]
+
+
+def layer_picker(m: vk.LoadedModel, key: str, label: str = "Layer", default: str | None = None,
+                 layers: list[str] | None = None) -> str:
+    """A layer selectbox (dotted names), defaulting to ``default`` or the model's CAM layer."""
+    names = layers if layers is not None else spatial_layers(m)
+    default = default or m.spec.cam_layer
+    index = names.index(default) if default in names else len(names) - 1
+    return st.selectbox(label, names, index=index, key=f"{key}_{m.spec.name}")
 
 
 # ---------------------------------------------------------------- images
@@ -306,7 +336,7 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
 
 def class_options(m: vk.LoadedModel, picked: Picked, key: str, label: str = "Target class") -> int:
     """A class picker offering the top-5 predictions first (the top one is the default)."""
-    top = vk.predict(m, picked.image, top=5)
+    top = predict(m, picked.image, top=5)
     top_idx = [m.classes.index(name) for name, _ in top]
     others = [i for i in range(len(m.classes)) if i not in top_idx]
     probs = dict(zip(top_idx, (p for _, p in top), strict=True))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-import vizkit as vk
 from pages import _ui as ui
 from vizkit import render
+from vizkit.predict import predict
 
 ui.page_header(
     "vizkit — see inside a CNN",
@@ -21,7 +21,7 @@ with left:
     if picked.label is not None:
         st.caption(f"True class: **{m.classes[picked.label]}**" if picked.label < len(m.classes) else "")
 with right:
-    predictions = ui.attempt(vk.predict, m, picked.image, top=5)
+    predictions = ui.attempt(predict, m, picked.image, top=5)
     if predictions is not None:
         best, prob = predictions[0]
         st.metric("Top prediction", best, f"{prob:.1%}", delta_color="off")

@@ -1,0 +1,97 @@
+"""Class activation maps: CAM, Grad-CAM and Grad-CAM++ side by side, with their faithfulness curves."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _ui as ui
+from vizkit import render
+from vizkit.cam import cam, grad_cam, grad_cam_pp
+from vizkit.faithfulness import deletion_insertion
+
+PAGE = "cam"
+METHODS = {
+    "cam": ("CAM", "Zhou et al. 2016: the linear head's weights times the last feature maps "
+            "(GAP networks only)."),
+    "grad_cam": ("Grad-CAM", "Selvaraju et al. 2017: feature maps weighted by their mean gradient."),
+    "grad_cam_pp": ("Grad-CAM++", "Chattopadhyay et al. 2018: higher-order gradient weights."),
+}
+
+FUNCTIONS = {"cam": cam, "grad_cam": grad_cam, "grad_cam_pp": grad_cam_pp}
+
+ui.page_header(
+    "Class activation maps",
+    "Where the model looks for a class. The deletion and insertion curves (Petsiuk et al. 2018) "
+    "show which map is most faithful for this image: deleting the pixels a faithful map ranks "
+    "first makes the probability fall fast (low area); inserting them makes it rise fast (high area).",
+)
+m, picked = ui.require_inputs()
+col1, col2, col3 = st.columns([2, 2, 1])
+with col1:
+    target = ui.class_options(m, picked, key="cam_class")
+with col2:
+    layer = ui.layer_picker(m, key="cam_layer", label="Layer (Grad-CAM, Grad-CAM++)")
+with col3:
+    steps = int(st.select_slider("Curve steps", [8, 16, 32, 64], value=16, key="cam_steps"))
+
+if st.button("Compute maps", type="primary", key="cam_go"):
+    maps, curves = {}, {}
+    progress = st.progress(0.0, text="Computing maps…")
+    for i, method in enumerate(METHODS):
+        fn = FUNCTIONS[method]
+        try:
+            # CAM is defined at the layer feeding the GAP head; the others take the chosen layer.
+            maps[method] = fn(m, picked.image, target) if method == "cam" else fn(m, picked.image, target,
+                                                                                 layer=layer)
+            curves[method] = deletion_insertion(m, picked.image, maps[method].map, target, steps=steps)
+        except Exception as exc:  # noqa: BLE001 - CAM fails on non-GAP models; show the others
+            maps[method] = exc
+        progress.progress((i + 1) / len(METHODS), text=f"{METHODS[method][0]} done")
+    progress.empty()
+    ui.store(PAGE, m, picked, {"maps": maps, "curves": curves, "target": target})
+
+kept = ui.stored(PAGE, m, picked)
+if kept is None:
+    st.info("Choose a class and press **Compute maps**.")
+    st.stop()
+st.markdown(f"Maps for class **{m.classes[kept['target']]}**.")
+opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
+base = m.resize(picked.image)
+for col, (method, (title, text)) in zip(st.columns(len(METHODS)), METHODS.items(), strict=True):
+    with col:
+        st.subheader(title)
+        st.caption(text)
+        result = kept["maps"][method]
+        if isinstance(result, Exception):
+            ui.show_error(result)
+            continue
+        ui.picture(render.overlay(base, result.map, opacity, "jet"), f"{title} at {result.layer}",
+                   ui.safe_name(method, m.spec.name, m.classes[kept["target"]]), key=f"cam_{method}",
+                   min_side=224)
+        curve = kept["curves"].get(method)
+        if curve is not None:
+            a, b = st.columns(2)
+            a.metric("Deletion area ↓", f"{curve.deletion_auc:.3f}")
+            b.metric("Insertion area ↑", f"{curve.insertion_auc:.3f}")
+
+curves = kept["curves"]
+if curves:
+    names = {method: METHODS[method][0] for method in curves}
+    best_del = min(curves, key=lambda k: curves[k].deletion_auc)
+    best_ins = max(curves, key=lambda k: curves[k].insertion_auc)
+    st.markdown(f"Most faithful here: **{names[best_del]}** by deletion, **{names[best_ins]}** by insertion.")
+    left, right = st.columns(2)
+    with left:
+        fig = render.curves_figure(
+            {names[k]: (c.fractions, c.deletion) for k, c in curves.items()},
+            title="Deletion (lower area is better)", xaxis="fraction of pixels deleted",
+            yaxis="class probability",
+            labels={names[k]: f"(area {c.deletion_auc:.3f})" for k, c in curves.items()})
+        st.plotly_chart(fig, key="cam_deletion")
+    with right:
+        fig = render.curves_figure(
+            {names[k]: (c.fractions, c.insertion) for k, c in curves.items()},
+            title="Insertion (higher area is better)", xaxis="fraction of pixels inserted",
+            yaxis="class probability",
+            labels={names[k]: f"(area {c.insertion_auc:.3f})" for k, c in curves.items()})
+        st.plotly_chart(fig, key="cam_insertion")
