@@ -85,3 +85,50 @@ def random_image(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def image():
     return random_image()
+
+
+# A hand-set CNN whose maps can be computed by hand (tests/test_deconvnet.py, tests/test_cam.py):
+# conv(3→2, 2×2, integer weights) → ReLU → maxpool(2, stride 1) → GAP → linear(2→2), on a 4×4
+# image fed unnormalized (std = 1/255, so the input tensor equals the uint8 pixel values).
+HAND_CONV_W = np.array([
+    [[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[0, 0], [0, 0]]],
+    [[[-1, 1], [0, 0]], [[0, 0], [1, -1]], [[1, 0], [0, 0]]],
+], dtype=np.float32)
+HAND_CONV_B = np.array([0, -1], dtype=np.float32)
+HAND_FC_W = np.array([[2, -1], [-1, 3]], dtype=np.float32)
+HAND_FC_B = np.array([0, 1], dtype=np.float32)
+HAND_IMAGE = np.array([
+    [[1, 0, 2], [3, 1, 0], [0, 2, 1], [2, 2, 0]],
+    [[0, 3, 1], [1, 0, 2], [4, 1, 0], [0, 0, 3]],
+    [[2, 1, 0], [0, 0, 1], [1, 3, 2], [3, 0, 1]],
+    [[1, 1, 1], [2, 0, 0], [0, 1, 3], [1, 4, 0]],
+], dtype=np.uint8)
+
+
+def make_hand_cnn() -> nn.Module:
+    net = nn.Sequential(OrderedDict([
+        ("conv", nn.Conv2d(3, 2, 2)),
+        ("relu", nn.ReLU(inplace=True)),
+        ("pool", nn.MaxPool2d(2, stride=1)),
+        ("gap", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(2, 2)),
+    ]))
+    with torch.no_grad():
+        net.conv.weight.copy_(torch.from_numpy(HAND_CONV_W))
+        net.conv.bias.copy_(torch.from_numpy(HAND_CONV_B))
+        net.fc.weight.copy_(torch.from_numpy(HAND_FC_W))
+        net.fc.bias.copy_(torch.from_numpy(HAND_FC_B))
+    return net
+
+
+HAND_SPEC = ModelSpec(
+    name="hand", title="hand-set CNN", input_size=4, mean=(0.0, 0.0, 0.0),
+    std=(1 / 255, 1 / 255, 1 / 255), cam_layer="pool", classes=("x", "y"), builder=make_hand_cnn,
+)
+
+
+@pytest.fixture
+def hand_cnn():
+    """The hand-set CNN as a LoadedModel on the CPU; feed it ``HAND_IMAGE``."""
+    return wrap_module(make_hand_cnn(), HAND_SPEC, device="cpu")
