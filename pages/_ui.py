@@ -347,6 +347,24 @@ def class_options(m: vk.LoadedModel, picked: Picked, key: str, label: str = "Tar
     return int(st.selectbox(label, top_idx + others, key=key, format_func=fmt))
 
 
+def show_sanity(result: Any, key: str) -> None:
+    """A sanity-check score (Adebayo et al. 2018) with a verdict and the per-step curve."""
+    rho = float(result.final)
+    verdict = ("passes: the map depends on the learned weights" if abs(rho) < 0.3 else
+               "partly: some of the map survives random weights" if abs(rho) < 0.6 else
+               "fails: the map mostly shows the image, not the model")
+    st.metric("Sanity check: rank correlation with random weights", f"{rho:.2f}",
+              help="Spearman ρ between the trained model's map and the map with every layer "
+                   "re-initialized (cascading, top first). Near 0 is good.")
+    st.caption(verdict)
+    with st.expander("Per-step correlations"):
+        labels = [", ".join(step) for step in result.steps]
+        fig = render.curves_figure({"ρ": (list(range(1, len(labels) + 1)), result.correlations)},
+                                   xaxis="layers re-initialized (top first)", yaxis="Spearman ρ")
+        fig.update_xaxes(tickvals=list(range(1, len(labels) + 1)), ticktext=labels)
+        st.plotly_chart(fig, key=key)
+
+
 def page_header(title: str, text: str) -> None:
     st.title(title)
     st.caption(text)
