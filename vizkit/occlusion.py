@@ -1,0 +1,489 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2013, section 4.2), exact and fast.
+
+A patch of ``baseline`` colour slides over the image; for each position the target class
+probability is recorded. The map follows captum's ``Occlusion``: each pixel gets the mean of
+``p_clean - p_occluded`` over the patch positions that cover it. Positions start every
+``stride`` pixels; the last one is clipped at the image border, so every pixel is covered.
+
+Three modes compute the same thing:
+
+- ``"exact"`` (default): incremental inference (Krypton, Nakandala et al. 2019, see
+  :mod:`vizkit.incremental`): only the patch's projective field is recomputed per position.
+- ``"full"``: one full forward pass per position (batched), the reference.
+- ``"approximate"``: adaptive drill-down (every other position first, the rest interpolated,
+  then the most sensitive positions evaluated) plus projective-field thresholding;
+  ``info["approximate"]`` is True.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from vizkit.devices import is_out_of_memory
+from vizkit.explanation import Explanation
+from vizkit.incremental import IncrementalOcclusion, NotTraceable
+from vizkit.models import LoadedModel
+from vizkit.targets import Target, check_target_early, resolve_target, target_score
+
+Baseline = str | float | tuple[float, float, float]
+MODES = ("exact", "approximate", "full")
+
+# Approximate mode: coarse grid step (in positions), share of the remaining positions then
+# evaluated exactly (the most sensitive by the interpolated map), projective-field cap.
+COARSE_STEP = 2
+REFINE_FRACTION = 0.2
+CAP_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Patch positions: top-left offsets along each axis, patch side, image side."""
+
+    ys: np.ndarray
+    xs: np.ndarray
+    patch: int
+    size: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.ys), len(self.xs)
+
+    def box(self, iy: int, ix: int) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)`` of the patch at grid cell ``(iy, ix)``, clipped to the image."""
+        y0, x0 = int(self.ys[iy]), int(self.xs[ix])
+        return x0, y0, min(x0 + self.patch, self.size), min(y0 + self.patch, self.size)
+
+
+def patch_grid(size: int, patch: int, stride: int) -> _Grid:
+    """Captum's positions: ``i * stride`` for ``i = 0 .. ceil((size - patch) / stride)``."""
+    if not (isinstance(patch, int) and isinstance(stride, int)) or patch < 1 or stride < 1:
+        raise ValueError(f"patch and stride must be positive integers, got {patch}, {stride}.")
+    if patch > size:
+        raise ValueError(f"patch {patch} is larger than the model's {size}×{size} input.")
+    if stride > patch and patch < size:
+        raise ValueError(f"stride {stride} larger than patch {patch} would leave pixels unseen.")
+    count = math.ceil((size - patch) / stride) + 1
+    offsets = np.arange(count) * stride
+    return _Grid(offsets, offsets.copy(), patch, size)
+
+
+def baseline_value(m: LoadedModel, baseline: Baseline) -> torch.Tensor:
+    """The patch colour as a normalized 1×3×1×1 tensor on the model's device.
+
+    ``"mean"`` is the training data's mean colour (0 after normalization), ``"grey"`` is RGB
+    0.5, ``"zero"`` is black; a float is a grey level and a tuple an RGB colour, in [0, 1]
+    (values above 1 are read as 0–255).
+    """
+    named = {"mean": m.spec.mean, "grey": (0.5,) * 3, "gray": (0.5,) * 3, "zero": (0.0,) * 3}
+    if isinstance(baseline, str):
+        if baseline not in named:
+            raise ValueError(f"Unknown baseline {baseline!r}: use one of {', '.join(named)}, "
+                             "a grey level or an RGB tuple.")
+        rgb = named[baseline]
+    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        rgb = (float(baseline),) * 3
+    elif isinstance(baseline, (tuple, list)) and len(baseline) == 3:
+        rgb = tuple(float(v) for v in baseline)
+    else:
+        raise ValueError(f"Baseline must be a name, a number or an RGB triple, got {baseline!r}.")
+    values = np.asarray(rgb, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 255:
+        raise ValueError(f"Baseline colour {baseline!r} must lie in [0, 1] (or 0–255).")
+    if values.max() > 1:
+        values = values / 255.0
+    normalized = (values - np.asarray(m.spec.mean)) / np.asarray(m.spec.std)
+    return torch.tensor(normalized, dtype=torch.float32, device=m.device).view(1, 3, 1, 1)
+
+
+def _scores(logits: torch.Tensor, target: int | Callable) -> torch.Tensor:
+    """Target class probability (softmax) for an index; the callable's value otherwise."""
+    if callable(target):
+        return target_score(logits, target).float()
+    return torch.softmax(logits.float(), dim=1)[:, target]
+
+
+def _average_over_patches(grid: _Grid, values: np.ndarray) -> np.ndarray:
+    """Captum's map: each pixel gets the mean of ``values`` over the positions covering it.
+
+    NaN values (positions not evaluated) are left out; pixels no evaluated patch covers get 0.
+    """
+    total = np.zeros((grid.size, grid.size), dtype=np.float64)
+    count = np.zeros_like(total)
+    for iy in range(grid.shape[0]):
+        for ix in range(grid.shape[1]):
+            v = values[iy, ix]
+            if np.isnan(v):
+                continue
+            x0, y0, x1, y1 = grid.box(iy, ix)
+            total[y0:y1, x0:x1] += v
+            count[y0:y1, x0:x1] += 1
+    return np.divide(total, count, out=np.zeros_like(total), where=count > 0).astype(np.float32)
+
+
+def _default_batch_size(m: LoadedModel, mode: str) -> int:
+    side = m.input_size
+    if m.device.type == "cpu":
+        budget = 64 if mode != "full" else 16
+    else:
+        budget = 256 if mode != "full" else 64
+    # Scale down for inputs larger than 224 (activation memory grows with the area).
+    return max(1, int(budget * min(1.0, (224 / side) ** 2)))
+
+
+def _layer_node(graph: fx.Graph, module: torch.nn.Module, layer: str) -> fx.Node:
+    """The fx node giving ``layer``'s output (a leaf call, or a container's last node)."""
+    from vizkit.hooks import find_layer
+
+    find_layer(module, layer)  # a wrong name lists the valid ones
+    found = None
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target == layer:
+            found = node
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        paths = set(stack) | {v[0] for v in stack.values() if isinstance(v, tuple) and v}
+        if layer in paths and node.op != "output":
+            found = node
+    if found is None:
+        raise ValueError(f"Layer {layer!r} is not used by the model's forward pass.")
+    return found
+
+
+class _Evaluator:
+    """Scores patch positions in batches, halving the batch on out-of-memory."""
+
+    def __init__(self, m, x, base, grid, target, mode, watch, channel, batch_size):
+        self.m, self.x, self.base, self.grid = m, x, base, grid
+        self.target, self.mode, self.channel = target, mode, channel
+        self.batch_size = batch_size
+        self.inc: IncrementalOcclusion | None = None
+        self.watch_node = None
+        self.stats = {"incremental": 0, "full": 0}
+        self.out_of_memory = 0
+        self.fallback: str | None = None
+        if mode != "full" or watch is not None:
+            try:
+                graph_cap = CAP_FRACTION if mode == "approximate" else None
+                self.inc = IncrementalOcclusion(m.module, x, cap_fraction=graph_cap)
+            except NotTraceable as error:
+                if watch is not None:
+                    raise ValueError(f"{error}; a layer's activation drop needs a traceable "
+                                     "model.") from error
+                self.fallback = str(error)
+                self.mode = "full"
+        if watch is not None:
+            self.watch_node = _layer_node(self.inc.graph, m.module, watch)
+            self.inc.watch = self.watch_node.name
+
+    def clean(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.inc is not None:
+            logits = self.inc.output
+            feature = self.inc.clean[self.watch_node] if self.watch_node is not None else None
+            return logits, feature
+        return self.m.module(self.x), None
+
+    def occluded_inputs(self, ys: np.ndarray, xs: np.ndarray) -> torch.Tensor:
+        batch = self.x.expand(len(ys), *self.x.shape[1:]).clone()
+        p = self.grid.patch
+        for b, (y, x) in enumerate(zip(ys.tolist(), xs.tolist(), strict=True)):
+            batch[b, :, y:y + p, x:x + p] = self.base[0]
+        return batch
+
+    def run_batch(self, ys: np.ndarray, xs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores (and watched feature totals) of the patches at ``(ys, xs)``."""
+        feature = None
+        if self.mode == "full":
+            batch = self.occluded_inputs(ys, xs)
+            if self.watch_node is None:
+                logits = self.m.module(batch)
+            else:
+                store: dict = {}
+                logits = self.inc._run_full_graph(batch, store)
+                feature = store[self.watch_node][:, self.channel].sum((-2, -1))
+        else:
+            logits, watched, stats = self.inc.run_batch(self.base, ys, xs, self.grid.patch)
+            for k, v in stats.items():
+                self.stats[k] += v
+            if self.watch_node is not None:
+                clean_total = self.inc.clean[self.watch_node][0, self.channel].sum()
+                if isinstance(watched, torch.Tensor):
+                    feature = watched[:, self.channel].sum((-2, -1))
+                else:
+                    feature = clean_total + watched.delta[:, self.channel].sum((-2, -1))
+        return _scores(logits, self.target), feature
+
+    def evaluate(self, cells: list[tuple[int, int]], on_batch) -> bool:
+        """Scores ``cells`` (grid indices), in batches of positions congruent modulo the
+        network's stride; returns False when ``on_batch`` asked to stop."""
+        period = 1
+        if self.mode != "full":
+            stride = int(self.grid.ys[1] - self.grid.ys[0]) if len(self.grid.ys) > 1 else 1
+            period = self.inc.total_stride // math.gcd(stride, self.inc.total_stride)
+        classes: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for iy, ix in cells:
+            classes.setdefault((iy % period, ix % period), []).append((iy, ix))
+        for members in classes.values():
+            start = 0
+            while start < len(members):
+                chunk = members[start:start + self.batch_size]
+                ys = np.array([self.grid.ys[iy] for iy, _ in chunk])
+                xs = np.array([self.grid.xs[ix] for _, ix in chunk])
+                failed = False
+                try:
+                    scores, feature = self.run_batch(ys, xs)
+                except Exception as error:
+                    if not is_out_of_memory(error) or self.batch_size == 1:
+                        raise
+                    failed = True
+                if failed:  # retried outside the except block, so the failed batch is freed
+                    self.out_of_memory += 1
+                    self.batch_size = max(1, self.batch_size // 2)
+                    if self.m.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                start += len(chunk)
+                if on_batch(chunk, scores, feature) is False:
+                    return False
+        return True
+
+
+def occlusion(
+    m: LoadedModel,
+    img: np.ndarray,
+    target: Target = None,
+    patch: int = 16,
+    stride: int = 8,
+    baseline: Baseline = "mean",
+    layer: str | None = None,
+    channel: int | None = None,
+    mode: str = "exact",
+    progress: Callable[[int, int], bool | None] | None = None,
+    batch_size: int | None = None,
+) -> Explanation:
+    """Occlusion sensitivity map (Zeiler & Fergus 2013, section 4.2; Krypton for speed).
+
+    ``map[y, x] = mean over patches P covering (y, x) of p(target | img) - p(target | img with
+    P set to baseline)``, exactly captum's ``Occlusion`` with a forward returning the softmax
+    probability (for a callable target: the callable's value instead of the probability).
+
+    Args:
+        m: the model.
+        img: RGB uint8 H×W×3; occlusion runs on the model's S×S view of it.
+        target: class index, ``None`` for the top prediction, or a callable on the logits.
+        patch: square patch side in input pixels.
+        stride: step between patch positions (``<= patch``).
+        baseline: the patch colour: ``"mean"``, ``"grey"``, ``"zero"``, a level or RGB in [0, 1].
+        layer: with a layer, also map the drop of one feature map's total activation
+            (Zeiler & Fergus Fig. 7).
+        channel: that feature map; ``None`` takes the one with the highest clean activation.
+        mode: ``"exact"`` (incremental inference), ``"full"`` or ``"approximate"``.
+        progress: called as ``progress(done, total)`` after each batch; returning False stops,
+            and the partial result says so (``info["complete"]`` False).
+        batch_size: positions per batch; ``None`` sizes it to the device. Halved on
+            out-of-memory.
+
+    Returns:
+        Explanation with ``map`` S×S float32 and ``raw`` the per-position drop grid; ``info``
+        holds ``probability_grid`` (occluded probability per position, NaN where not
+        evaluated), ``clean_probability``, ``box`` (x0, y0, x1, y1) of the most damaging patch,
+        ``timings``, ``approximate``, and with ``layer``: ``channel``, ``feature_map``,
+        ``feature_grid``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
+    check_target_early(m, target)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    grid = patch_grid(m.input_size, patch, stride)
+    started = time.perf_counter()
+    with m.lock, torch.inference_mode():
+        x = m.preprocess(img)
+        base = baseline_value(m, baseline)
+        size = batch_size or _default_batch_size(m, mode)
+        evaluator = _Evaluator(m, x, base, grid, None, mode, layer, None, size)
+        clean_logits, clean_feature = evaluator.clean()
+        resolved = resolve_target(m, clean_logits, target)
+        evaluator.target = resolved
+        clean_score = float(_scores(clean_logits, resolved)[0])
+        if clean_feature is not None:
+            peaks = clean_feature[0].flatten(1).amax(1)
+            if channel is None:
+                channel = int(peaks.argmax())
+            elif not 0 <= int(channel) < peaks.numel():
+                raise ValueError(f"Channel {channel} is outside layer {layer!r}'s "
+                                 f"{peaks.numel()} channels.")
+            evaluator.channel = int(channel)
+            clean_total = float(clean_feature[0, int(channel)].sum())
+        clean_s = time.perf_counter() - started
+
+        scores = np.full(grid.shape, np.nan)
+        features = np.full(grid.shape, np.nan)
+        all_cells = [(iy, ix) for iy in range(grid.shape[0]) for ix in range(grid.shape[1])]
+        if evaluator.mode == "approximate":
+            stages, planned = _drill_down_stages(grid)
+        else:
+            stages, planned = [lambda _scores: all_cells], len(all_cells)
+        done = 0
+
+        def on_batch(chunk, batch_scores, batch_features) -> bool:
+            nonlocal done
+            values = batch_scores.cpu().double().numpy()
+            for i, (iy, ix) in enumerate(chunk):
+                scores[iy, ix] = values[i]
+                if batch_features is not None:
+                    features[iy, ix] = float(batch_features[i])
+            done += len(chunk)
+            if progress is not None:
+                return progress(done, planned) is not False
+            return True
+
+        complete = True
+        for stage in stages:
+            cells = stage(scores)
+            if not evaluator.evaluate(cells, on_batch):
+                complete = False
+                break
+        positions_s = time.perf_counter() - started - clean_s
+
+    evaluated = ~np.isnan(scores)
+    approximate = evaluator.mode == "approximate"
+    if approximate and complete:
+        estimated = _interpolate(scores, evaluated)
+    else:
+        estimated = scores
+    drop = clean_score - estimated
+    occlusion_map = _average_over_patches(grid, drop)
+    best = np.nanargmax(drop) if np.any(~np.isnan(drop)) else 0
+    box = grid.box(*np.unravel_index(best, grid.shape))
+    info = {
+        "probability_grid": estimated.astype(np.float32),
+        "clean_probability": clean_score,
+        "score": "callable" if callable(resolved) else "probability",
+        "box": box,
+        "positions": (grid.ys.tolist(), grid.xs.tolist()),
+        "patch": patch, "stride": stride, "baseline": baseline,
+        "mode": evaluator.mode,
+        "approximate": approximate,
+        "evaluated": int(evaluated.sum()),
+        "total_positions": int(scores.size),
+        "complete": complete,
+        "stopped": not complete,
+        "batch_size": evaluator.batch_size,
+        "out_of_memory_retries": evaluator.out_of_memory,
+        "timings": {"clean_s": clean_s, "positions_s": positions_s,
+                    "total_s": time.perf_counter() - started},
+    }
+    if evaluator.fallback:
+        info["fallback"] = f"full inference: {evaluator.fallback}"
+    if mode != "full":
+        info["nodes"] = dict(evaluator.stats)
+    if layer is not None:
+        feature_est = _interpolate(features, evaluated) if approximate and complete else features
+        feature_drop = clean_total - feature_est
+        info.update(channel=int(channel), feature_clean=clean_total,
+                    feature_grid=feature_est.astype(np.float32),
+                    feature_map=_average_over_patches(grid, feature_drop))
+    return Explanation(
+        method="occlusion", target=None if callable(resolved) else int(resolved), layer=layer,
+        map=occlusion_map, raw=torch.from_numpy(drop.astype(np.float32)), info=info,
+    )
+
+
+def _drill_down_stages(grid: _Grid) -> tuple[list[Callable], int]:
+    """Adaptive drill-down: a coarse sub-grid, then the most sensitive remaining positions.
+
+    Returns the stages (each maps the scores so far to the cells to evaluate) and their total.
+    """
+    ny, nx = grid.shape
+
+    def coarse_axis(n: int) -> list[int]:
+        idx = list(range(0, n, COARSE_STEP))
+        return idx if idx[-1] == n - 1 else [*idx, n - 1]
+
+    coarse = [(iy, ix) for iy in coarse_axis(ny) for ix in coarse_axis(nx)]
+
+    def refine(scores: np.ndarray) -> list[tuple[int, int]]:
+        evaluated = ~np.isnan(scores)
+        estimate = _interpolate(scores, evaluated)
+        # Sensitivity: how far the estimate departs from the typical (median) score.
+        sensitivity = np.abs(estimate - np.median(estimate[evaluated]))
+        candidates = [(iy, ix) for iy in range(ny) for ix in range(nx) if not evaluated[iy, ix]]
+        candidates.sort(key=lambda c: -sensitivity[c])
+        return candidates[:math.ceil(REFINE_FRACTION * len(candidates))]
+
+    refined = math.ceil(REFINE_FRACTION * (ny * nx - len(coarse)))
+    return [lambda _scores: coarse, refine], len(coarse) + refined
+
+
+def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fills unknown grid cells by separable linear interpolation from the known ones."""
+    out = values.copy()
+    rows = np.where(known.any(1))[0]
+    for iy in rows:  # along x on rows that have samples
+        cols = np.where(known[iy])[0]
+        missing = ~known[iy]
+        out[iy, missing] = np.interp(np.where(missing)[0], cols, values[iy, cols])
+    filled_rows = np.zeros_like(known)
+    filled_rows[rows] = True
+    for ix in range(values.shape[1]):  # then along y from those rows
+        missing = ~filled_rows[:, ix]
+        if missing.any():
+            out[missing, ix] = np.interp(np.where(missing)[0], rows, out[rows, ix])
+    return out
+
+
+# ---------------------------------------------------------------------- command line
+def add_occlusion_arguments(parser) -> None:
+    """``python -m vizkit occlusion IMAGE --model M --out OUT.png``."""
+    parser.add_argument("image", help="input image file")
+    parser.add_argument("--model", default="fashion-zf", help="registry model name")
+    parser.add_argument("--weights", default="default",
+                        help="'default', 'none' (random, seeded) or a weights file")
+    parser.add_argument("--out", required=True, help="output PNG (heatmap over the image)")
+    parser.add_argument("--target", type=int, default=None, help="class index (default: top)")
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--baseline", default="mean",
+                        help="mean, grey, zero, a grey level in [0, 1] or R,G,B")
+    parser.add_argument("--mode", choices=MODES, default="exact")
+    parser.add_argument("--device", default=None)
+
+
+def _parse_baseline(text: str) -> Baseline:
+    if "," in text:
+        return tuple(float(v) for v in text.split(","))  # type: ignore[return-value]
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def run_occlusion(args) -> int:
+    """Writes the occlusion overlay of ``args.image`` to ``args.out`` and prints a summary."""
+    from pathlib import Path
+
+    from vizkit import render
+    from vizkit.images import load_image
+    from vizkit.models import load_model
+
+    weights = None if args.weights == "none" else args.weights
+    if weights is None:
+        torch.manual_seed(0)
+    m = load_model(args.model, device=args.device, weights=weights)
+    img = load_image(args.image)
+    result = occlusion(m, img, target=args.target, patch=args.patch, stride=args.stride,
+                       baseline=_parse_baseline(args.baseline), mode=args.mode)
+    picture = render.draw_box(render.overlay(m.resize(img), result.map, smooth=False),
+                              result.info["box"])
+    Path(args.out).write_bytes(render.to_png(picture))
+    t = result.info["timings"]["total_s"]
+    print(f"class {result.target} ({m.classes[result.target]}): p={result.info['clean_probability']:.4f}; "
+          f"most damaging patch {result.info['box']}; {result.info['mode']} in {t:.2f} s → {args.out}")
+    return 0
