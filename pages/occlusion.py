@@ -1,0 +1,121 @@
+"""Occlusion: slide a grey patch over the image and map how much the class probability drops."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from pages import _ui as ui
+from vizkit import render
+from vizkit.occlusion import MODES, occlusion
+
+PAGE = "occlusion"
+RUNNING = "occ_running"
+MODE_HELP = {
+    "exact": "incremental inference: only the activations a patch changes are recomputed (Krypton); "
+             "the same map as full inference",
+    "approximate": "coarse-to-fine: a sparse grid first, then only where the map changes; the rest "
+                   "interpolated",
+    "full": "one full forward pass per patch position (captum's Occlusion)",
+}
+
+ui.page_header(
+    "Occlusion",
+    "Zeiler & Fergus 2013, section 4.2: a patch hides part of the image at each position; the map "
+    "shows how much the target class probability drops there, and how much the strongest feature "
+    "map of a layer loses (their Fig. 7). Upload your own image in the sidebar.",
+)
+m, picked = ui.require_inputs()
+s = m.input_size
+c1, c2, c3 = st.columns(3)
+with c1:
+    patch = int(st.slider("Patch size (px)", 2, s // 2, max(2, s // 8), key=f"occ_patch_{s}"))
+    stride = int(st.slider("Stride (px)", 1, patch, max(1, patch // 2), key=f"occ_stride_{s}_{patch}"))
+with c2:
+    target = ui.class_options(m, picked, key="occ_class")
+    baseline = st.selectbox("Patch colour", ["mean", "grey", "zero"], key="occ_baseline",
+                            help="mean: the dataset mean colour (0 after normalization); zero: black.")
+with c3:
+    mode = st.radio("Mode", list(MODES), key="occ_mode",
+                    help=" · ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
+    layer = ui.layer_picker(m, key="occ_layer", label="Feature-map layer")
+positions = ((s - patch) // stride + 1) ** 2
+st.caption(f"{positions} patch positions on the {s}×{s} input. Mode *{mode}*: {MODE_HELP[mode]}.")
+
+b1, b2, _ = st.columns([1, 1, 4])
+go = b1.button("Compute", type="primary", key="occ_go")
+stop = b2.button("Stop", key="occ_stop", help="Stops a running computation (no map is kept).")
+if st.session_state.pop(RUNNING, False) and not go:
+    st.warning("The last computation was stopped before it finished; no map was kept.")
+
+if go:
+    bar = st.progress(0.0, text="Occluding…")
+
+    def progress(done: int, total: int) -> bool:
+        # Each update is also where Streamlit interrupts the run when Stop is pressed.
+        bar.progress(min(1.0, done / max(total, 1)), text=f"Occluding… {done}/{total} positions")
+        return True
+
+    st.session_state[RUNNING] = True
+    result = ui.attempt(occlusion, m, picked.image, target, patch=patch, stride=stride,
+                        baseline=baseline, layer=layer, mode=mode, progress=progress)
+    st.session_state.pop(RUNNING, None)
+    bar.empty()
+    if result is not None:
+        ui.store(PAGE, m, picked, result)
+
+result = ui.stored(PAGE, m, picked)
+if result is None:
+    st.info("Set the patch and press **Compute**.")
+    st.stop()
+
+info = result.info
+timings = info.get("timings", {})
+cols = st.columns(4)
+cols[0].metric("Clean probability", f"{info.get('clean_probability', float('nan')):.1%}")
+cols[1].metric("Largest drop", f"{float(np.nanmax(result.raw.numpy())):.1%}")
+if "total_s" in timings:
+    cols[2].metric("Time", f"{timings['total_s']:.2f} s")
+speedup = info.get("speedup") or info.get("speedup_over_full")
+if speedup:
+    cols[3].metric("Speed-up over full inference", f"{speedup:.1f}×")
+else:
+    cols[3].metric("Positions evaluated", f"{info.get('evaluated', '?')}/{info.get('total_positions', '?')}")
+notes = [f"Class **{m.classes[result.target]}**" if result.target is not None else "Callable target",
+         f"patch {info.get('patch')} px, stride {info.get('stride')} px, colour {info.get('baseline')}",
+         f"mode **{info.get('mode')}**"]
+if info.get("approximate"):
+    notes.append("**approximate**: positions not evaluated are interpolated")
+if info.get("fallback"):
+    notes.append(str(info["fallback"]))
+st.markdown(" · ".join(notes))
+
+opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="occ_opacity")
+base = m.resize(picked.image)
+big = render.enlarge(base, 320)
+f = big.shape[0] / base.shape[0]
+x0, y0, x1, y1 = info["box"]
+box = (x0 * f, y0 * f, x1 * f, y1 * f)
+name = m.classes[result.target] if result.target is not None else "score"
+left, mid, right = st.columns(3)
+with left:
+    heat = render.overlay(big, result.map, opacity, "jet")
+    ui.picture(render.draw_box(heat, box, (255, 255, 255), max(2, int(f))),
+               "Probability drop (red: occluding here hurts most; box: the most damaging patch)",
+               ui.safe_name("occlusion", m.spec.name, name), key="occ_map")
+with mid:
+    grid = np.asarray(info["probability_grid"], dtype=np.float32)
+    prob_img = render.overlay(big, grid, opacity, "jet", smooth=False)
+    ui.picture(prob_img, f"p({name}) with the patch at each position (blue: low)",
+               ui.safe_name("occlusion-probability", m.spec.name, name), key="occ_prob")
+with right:
+    feature = info.get("feature_map")
+    if feature is not None:
+        heat = render.overlay(big, feature, opacity, "jet")
+        ui.picture(render.draw_box(heat, box, (255, 255, 255), max(2, int(f))),
+                   f"Drop of {result.layer} channel {info.get('channel')}'s total activation "
+                   "(its strongest feature map)",
+                   ui.safe_name("occlusion-feature", m.spec.name, result.layer, info.get("channel")),
+                   key="occ_feature")
+with st.expander("Probability per patch position (hover for values)"):
+    st.plotly_chart(render.heatmap_figure(grid, signed=False), key="occ_grid_fig")
