@@ -156,6 +156,16 @@ def spatial_layers(m: vk.LoadedModel) -> list[str]:
     return [r.name for r in rows if len(r.output_shape) == 3]
 
 
+def channel_count(m: vk.LoadedModel, layer: str) -> int | None:
+    """Channels of ``layer``'s output (from the cached summary), None when unknown."""
+    try:
+        rows = layer_summary(m.spec.name)
+    except Exception:  # noqa: BLE001
+        return None
+    shape = next((r.output_shape for r in rows if r.name == layer), ())
+    return int(shape[0]) if shape else None
+
+
 def layer_picker(m: vk.LoadedModel, key: str, label: str = "Layer", default: str | None = None,
                  layers: list[str] | None = None) -> str:
     """A layer selectbox (dotted names), defaulting to ``default`` or the model's CAM layer."""

@@ -50,7 +50,8 @@ else:
     with col1:
         layer = ui.layer_picker(m, key="dc_layer")
     with col2:
-        channel = int(st.number_input("Channel", 0, 4095, 0, key="dc_channel"))
+        n = ui.channel_count(m, layer) or 4096
+        channel = int(st.number_input(f"Channel (0–{n - 1})", 0, n - 1, 0, key=f"dc_channel_{layer}"))
 sanity = st.checkbox("Also run the model-randomization sanity check (slower)", key="dc_sanity",
                      help="Adebayo et al. 2018: re-compute each map with randomized weights and compare. "
                           "A map that barely changes shows the image, not the model.")
