@@ -150,7 +150,7 @@ def make_scenes(
     images, boxes = [], []
     for start in range(0, len(items), batch):
         g = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        chunk = torch.from_numpy(np.ascontiguousarray(items[start:start + batch])).float()
+        chunk = torch.tensor(items[start:start + batch], dtype=torch.float32)
         img, box = _render(chunk, size, g)
         images.append(img)
         boxes.append(box)
@@ -189,15 +189,22 @@ def _render(items: torch.Tensor, size: int, g: torch.Generator) -> tuple[np.ndar
     alpha = (placed * 4).clamp(0, 1)
     shade = 0.35 + 0.65 * placed
 
-    # Keep object and background luminance apart: light object on a dark canvas or vice versa.
+    # Mostly keep object and background luminance apart (light object on a dark canvas or vice
+    # versa); a fifth of the scenes are "free": any background, the tint farthest in colour from
+    # the background among four draws, so the model also learns objects that differ by hue only.
     light_object = u(n) < 0.5
-    bg_range = torch.where(light_object, 0.55, 0.5).view(n, 1, 1, 1)
-    bg_base = torch.where(light_object, 0.0, 0.5).view(n, 1, 1, 1)
-    bg = bg_base + bg * bg_range
-    tint = u(n, 3, 1, 1)
-    tint_lo = torch.where(light_object, 0.65, 0.0).view(n, 1, 1, 1)
-    tint = tint_lo + tint * 0.35
-    obj = tint * torch.where(light_object.view(n, 1, 1, 1), shade, 1.6 - shade)
+    free = (u(n) < 0.2).view(n, 1, 1, 1)
+    lo = light_object.view(n, 1, 1, 1)
+    bg_split = torch.where(lo, 0.0, 0.5) + bg * torch.where(lo, 0.55, 0.5)
+    bg = torch.where(free, bg, bg_split)
+    tint_split = torch.where(lo, 0.65, 0.0) + u(n, 3, 1, 1) * 0.35
+    candidates = u(n, 4, 3)
+    bg_mean = bg.mean((2, 3)).unsqueeze(1)
+    best = (candidates - bg_mean).norm(dim=2).argmax(1)
+    tint_free = candidates[torch.arange(n), best].view(n, 3, 1, 1)
+    tint = torch.where(free, tint_free, tint_split)
+    dark_shading = (1.6 - shade) * torch.where(free, 0.7, 1.0)
+    obj = tint * torch.where(lo, shade, dark_shading)
     scene = bg * (1 - alpha) + obj.clamp(0, 1) * alpha
     image = (scene.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 

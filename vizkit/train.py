@@ -1,0 +1,201 @@
+"""Trains the bundled ``fashion-zf`` on FashionScenes: ``python -m vizkit.train``.
+
+Fresh scenes every epoch (a new seed per epoch) from the 60,000 Fashion-MNIST training items;
+AdamW with a one-cycle schedule and label smoothing. Writes to assets/: the final weights, the
+snapshots for the feature-evolution view, the held-out subset and MODEL_CARD.md.
+``python -m vizkit.train --eval-only`` re-measures the accuracy on scenes built from the whole
+10,000-item test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from vizkit.data import SUBSET_FILE, TEST_SEED, evaluation_scenes, load_fashion_mnist, make_scenes
+from vizkit.models import ASSETS, FASHION_CLASSES, FASHION_MEAN, FASHION_STD, FashionZF, get_spec
+
+SNAPSHOT_DIR = ASSETS / "snapshots"
+MODEL_CARD = ASSETS / "MODEL_CARD.md"
+SUBSET_SIZE = 1000
+
+
+def _to_batch(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(FASHION_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(FASHION_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def _save(module: torch.nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path))
+
+
+@torch.inference_mode()
+def evaluate(module: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch: int = 500):
+    """Accuracy and per-class accuracy of ``module`` on scenes (eval mode)."""
+    module.eval()
+    preds = np.concatenate([
+        module(_to_batch(images[i:i + batch])).argmax(1).numpy() for i in range(0, len(images), batch)
+    ])
+    per_class = [float((preds[labels == c] == c).mean()) for c in range(len(FASHION_CLASSES))]
+    return float((preds == labels).mean()), per_class
+
+
+def train(epochs: int, batch: int, lr: float, seed: int, snapshots: list[int]) -> dict:
+    torch.manual_seed(seed)
+    items, labels = load_fashion_mnist("train")
+    test_items, test_labels = load_fashion_mnist("test")
+    check = make_scenes(test_items[:2000], test_labels[:2000], seed=TEST_SEED)
+
+    module = FashionZF(num_classes=10).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=5e-4)
+    steps_per_epoch = len(items) // batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25
+    )
+    if 0 in snapshots:
+        _save(module, SNAPSHOT_DIR / "fashion-zf-epoch0.safetensors")
+    history, start = [], time.time()
+    rng = np.random.default_rng(seed)
+    for epoch in range(1, epochs + 1):
+        module.train()
+        order = rng.permutation(len(items))
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", mininterval=10)
+        chunk_size, scenes, seen, losses = 4096, None, 0, []
+        for step in bar:
+            lo = step * batch
+            if scenes is None or lo - seen >= len(scenes):
+                seen = lo
+                idx = order[lo:lo + chunk_size]
+                scenes = make_scenes(items[idx], labels[idx], seed=seed * 1000 + epoch * 100 + lo)
+            a = lo - seen
+            x = _to_batch(scenes.images[a:a + batch])
+            y = torch.from_numpy(scenes.labels[a:a + batch])
+            loss = F.cross_entropy(module(x), y, label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        acc, _ = evaluate(module, check.images, check.labels)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "check_accuracy": acc,
+                        "minutes": (time.time() - start) / 60})
+        print(json.dumps(history[-1]), flush=True)
+        if epoch in snapshots:
+            _save(module, SNAPSHOT_DIR / f"fashion-zf-epoch{epoch}.safetensors")
+        _save(module, get_spec("fashion-zf").weights_file)  # usable (preliminary) weights early
+    return {"history": history, "minutes": (time.time() - start) / 60, "module": module}
+
+
+def write_subset() -> None:
+    """The first SUBSET_SIZE evaluation scenes, with labels and boxes, for the app and tests."""
+    items, labels = load_fashion_mnist("test")
+    scenes = make_scenes(items[:SUBSET_SIZE], labels[:SUBSET_SIZE], seed=TEST_SEED)
+    np.savez_compressed(SUBSET_FILE, images=scenes.images, labels=scenes.labels, boxes=scenes.boxes)
+
+
+def load_trained() -> torch.nn.Module:
+    from vizkit.weights import apply_state_dict, read_state_dict
+
+    module = FashionZF(num_classes=10)
+    apply_state_dict(module, read_state_dict(get_spec("fashion-zf").weights_file), "fashion-zf")
+    return module.eval()
+
+
+def write_model_card(accuracy: float, per_class: list[float], result: dict | None, args) -> None:
+    rows = "\n".join(
+        f"| {name} | {acc:.1%} |" for name, acc in zip(FASHION_CLASSES, per_class, strict=True)
+    )
+    history = ""
+    if result is not None:
+        history = "\n".join(
+            f"| {h['epoch']} | {h['loss']:.3f} | {h['check_accuracy']:.1%} | {h['minutes']:.1f} |"
+            for h in result["history"]
+        )
+        history = (
+            "\n## Training run\n\n| epoch | train loss | accuracy (2,000 test scenes) | minutes |\n"
+            "|---|---|---|---|\n" + history + "\n"
+        )
+    MODEL_CARD.write_text(f"""# fashion-zf — model card
+
+A ZFNet-style CNN (5 convolutions with batch norm and `nn.ReLU` modules, max-pooling, global
+average pooling, one linear layer: CAM is exact) trained by `python -m vizkit.train` on
+FashionScenes: a Fashion-MNIST item at a random position, scale (28–52 px), flip and tint on a
+procedurally textured 64×64 canvas (smooth colour noise, gratings, stripes, checks, ramps and
+blends), with the object's box kept.
+
+## Accuracy
+
+**{accuracy:.2%}** on scenes built from the whole 10,000-item Fashion-MNIST test split
+(rendered with seed {TEST_SEED}; none of these items, and none of these exact canvases, were seen in
+training). Reproduce: `python -m vizkit.train --eval-only`.
+
+| class | accuracy |
+|---|---|
+{rows}
+{history}
+## Recipe
+
+{args.epochs} epochs of fresh scenes from the 60,000 training items (a new seed per epoch), batch
+{args.batch}, AdamW (weight decay 5e-4), one-cycle schedule with max LR {args.lr}, label smoothing
+0.05, channels-last, fp32, 2 CPU threads.
+
+## Files
+
+- `fashion-zf.safetensors`: final weights.
+- `snapshots/fashion-zf-epoch*.safetensors`: weights during training (epoch 0 is the
+  initialization), for the feature-evolution view.
+- `fashion-scenes-subset.npz`: {SUBSET_SIZE} held-out scenes (the first {SUBSET_SIZE} evaluation scenes),
+  with labels and boxes.
+
+## Limits
+
+Ten clothing classes on synthetic canvases; it knows nothing about natural photos. Shirt,
+T-shirt/top, pullover and coat are the classes it confuses most, as on Fashion-MNIST itself.
+""")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vizkit.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-only", action="store_true",
+                        help="measure the shipped weights on the full test split and exit")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.eval_only:
+        module = load_trained()
+        scenes = evaluation_scenes()
+        accuracy, per_class = evaluate(module, scenes.images, scenes.labels)
+        print(f"accuracy on {len(scenes)} test scenes: {accuracy:.2%}")
+        for name, acc in zip(FASHION_CLASSES, per_class, strict=True):
+            print(f"  {name:12s} {acc:.1%}")
+        return 0
+    write_subset()
+    snapshots = sorted({0, 1, 2, max(1, args.epochs // 2), args.epochs})
+    result = train(args.epochs, args.batch, args.lr, args.seed, snapshots)
+    scenes = evaluation_scenes()
+    accuracy, per_class = evaluate(result["module"], scenes.images, scenes.labels)
+    print(f"accuracy on {len(scenes)} test scenes: {accuracy:.2%} after {result['minutes']:.1f} min")
+    write_model_card(accuracy, per_class, result, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
