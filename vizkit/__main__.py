@@ -19,6 +19,7 @@ COMMANDS = {
     "evolution": ("vizkit.zf_analyses", "feature evolution over the bundled training snapshots"),
     "invariance": ("vizkit.zf_analyses", "invariance curves (translation, scale, rotation)"),
     "correspondence": ("vizkit.zf_analyses", "correspondence analysis on the bundled scenes"),
+    "localization": ("vizkit.localization", "pointing game of CAM, Grad-CAM and occlusion on the bundled scenes"),
     "probes": ("vizkit.zf_analyses", "layer-wise linear probes"),
 }
 
