@@ -88,13 +88,13 @@ def image():
 
 
 # A hand-set CNN whose maps can be computed by hand (tests/test_deconvnet.py, tests/test_cam.py):
-# conv(3→2, 2×2, integer weights) → ReLU → maxpool(2, stride 1) → GAP → linear(2→2), on a 4×4
+# conv(3→2, 2×2, integer weights) → maxpool(2, stride 1) → ReLU → GAP → linear(2→2), on a 4×4
 # image fed unnormalized (std = 1/255, so the input tensor equals the uint8 pixel values).
 HAND_CONV_W = np.array([
     [[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[0, 0], [0, 0]]],
     [[[-1, 1], [0, 0]], [[0, 0], [1, -1]], [[1, 0], [0, 0]]],
 ], dtype=np.float32)
-HAND_CONV_B = np.array([0, -1], dtype=np.float32)
+HAND_CONV_B = np.array([0, -2], dtype=np.float32)
 HAND_FC_W = np.array([[2, -1], [-1, 3]], dtype=np.float32)
 HAND_FC_B = np.array([0, 1], dtype=np.float32)
 HAND_IMAGE = np.array([
@@ -108,8 +108,8 @@ HAND_IMAGE = np.array([
 def make_hand_cnn() -> nn.Module:
     net = nn.Sequential(OrderedDict([
         ("conv", nn.Conv2d(3, 2, 2)),
-        ("relu", nn.ReLU(inplace=True)),
         ("pool", nn.MaxPool2d(2, stride=1)),
+        ("relu", nn.ReLU(inplace=True)),
         ("gap", nn.AdaptiveAvgPool2d(1)),
         ("flatten", nn.Flatten()),
         ("fc", nn.Linear(2, 2)),
@@ -124,7 +124,7 @@ def make_hand_cnn() -> nn.Module:
 
 HAND_SPEC = ModelSpec(
     name="hand", title="hand-set CNN", input_size=4, mean=(0.0, 0.0, 0.0),
-    std=(1 / 255, 1 / 255, 1 / 255), cam_layer="pool", classes=("x", "y"), builder=make_hand_cnn,
+    std=(1 / 255, 1 / 255, 1 / 255), cam_layer="relu", classes=("x", "y"), builder=make_hand_cnn,
 )
 
 
