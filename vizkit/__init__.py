@@ -30,8 +30,14 @@ _LAZY = {
     "summarize": "vizkit.receptive_field",
     "sanity_check": "vizkit.sanity",
     "style_transfer": "vizkit.style",
-    "invariance": "vizkit.zf_analyses",
+    "invariance": "vizkit.invariance",
+    "correspondence": "vizkit.correspondence",
+    "linear_probes": "vizkit.probes",
+    "feature_evolution": "vizkit.evolution",
+    "layer_features": "vizkit.features",
     "deletion_insertion": "vizkit.faithfulness",
+    "to_png_bytes": "vizkit.images",
+    "safe_filename": "vizkit.images",
 }
 
 __all__ = [

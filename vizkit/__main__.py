@@ -16,11 +16,11 @@ COMMANDS = {
     "top-patches": ("vizkit.patches", "top-k dataset patches of a unit, with deconvnet projections"),
     "style": ("vizkit.style", "neural style transfer of CONTENT in the style of STYLE"),
     "occlusion": ("vizkit.occlusion", "occlusion heatmap of an image"),
-    "evolution": ("vizkit.zf_analyses", "feature evolution over the bundled training snapshots"),
-    "invariance": ("vizkit.zf_analyses", "invariance curves (translation, scale, rotation)"),
-    "correspondence": ("vizkit.zf_analyses", "correspondence analysis on the bundled scenes"),
+    "evolution": ("vizkit.evolution", "feature evolution over the bundled training snapshots"),
+    "invariance": ("vizkit.invariance", "invariance curves (translation, scale, rotation)"),
+    "correspondence": ("vizkit.correspondence", "correspondence analysis on the bundled scenes"),
     "localization": ("vizkit.localization", "pointing game of CAM, Grad-CAM and occlusion on the bundled scenes"),
-    "probes": ("vizkit.zf_analyses", "layer-wise linear probes"),
+    "probes": ("vizkit.probes", "layer-wise linear probes"),
 }
 
 
