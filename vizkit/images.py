@@ -174,10 +174,9 @@ def load_image(source: str | Path | bytes | bytearray | memoryview | BinaryIO) -
     data = _read_source(source)
     _refuse_by_content(data)
     try:
-        with warnings.catch_warnings():
-            # Belt and braces: pytest or a caller may have reset the process-wide filter.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        # No per-call warnings.catch_warnings: it is not thread-safe (Streamlit sessions are
+        # threads). Where the process-wide filter was reset, _check_size refuses the same sizes.
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(_bomb_message(error)) from None
     except Image.UnidentifiedImageError:
