@@ -106,9 +106,9 @@ def _gram_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _style_term(features: torch.Tensor, target_gram: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """``mean((G − A)²)`` and its gradient ``4(G − A)F/(C³·M)`` w.r.t. ``features`` (float32)."""
+    """``mean((G − A)²)`` and its gradient ``4(G − A)F/(C³·M)``, in the target's precision."""
     _, c, h, w = features.shape
-    rows = _as_rows(features.float())
+    rows = _as_rows(features.to(target_gram.dtype))
     diff = _gram_rows(rows) - target_gram
     loss = diff.square().mean()
     grad_rows = rows @ (diff * (4.0 / (c ** 3 * h * w)))
@@ -118,7 +118,7 @@ def _style_term(features: torch.Tensor, target_gram: torch.Tensor) -> tuple[floa
 
 def _content_term(features: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor]:
     """``mean((F − P)²)`` and its gradient ``2(F − P)/(C·M)``."""
-    diff = features.float() - target
+    diff = features.to(target.dtype) - target
     return float(diff.square().mean()), diff * (2.0 / diff.numel())
 
 
@@ -230,8 +230,12 @@ class FeatureExtractor:
         return tuple(layers)
 
 
-#: Names of the extractors ``style_transfer`` accepts.
-EXTRACTORS = ("vgg19", "random-multiscale")
+#: The extractors ``style_transfer`` accepts, with the titles the UI shows.
+EXTRACTOR_TITLES = {
+    "vgg19": "VGG19 (ImageNet weights)",
+    "random-multiscale": "Random multi-scale filters (untrained, Ustyuzhaninov et al. 2017; not VGG)",
+}
+EXTRACTORS = tuple(EXTRACTOR_TITLES)
 
 # VGG19 ``features`` indices: conv1_1=0, conv2_1=5, conv3_1=10, conv4_1=19, conv4_2=21, conv5_1=28
 # (the ReLU after conv k is at k+1). Gatys et al. read relu*_1 for style and relu4_2 for content.
@@ -290,7 +294,7 @@ def _build_extractor(name: str, device: str, weights: str | None) -> FeatureExtr
     if name == "random-multiscale":
         module: nn.Module = RandomMultiScale()
         extractor = dict(
-            title="Random multi-scale filters (untrained, Ustyuzhaninov et al. 2017; not VGG)",
+            title=EXTRACTOR_TITLES[name],
             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
             content_layers=("branches.scale1.relu",),
             style_layers=tuple(f"branches.scale{k}.relu" for k in range(1, 5)),
@@ -300,7 +304,8 @@ def _build_extractor(name: str, device: str, weights: str | None) -> FeatureExtr
         from vizkit import weights as weights_io
         from vizkit.models import get_spec
 
-        vgg = torchvision.models.vgg19(weights=None)
+        # Only the convolutional part is built: the classifier (120M parameters) is never used.
+        module = SequentialFeatures(torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"]))
         if weights == "default":
             try:
                 state = weights_io.zoo_state_dict(get_spec("vgg19"))
@@ -309,17 +314,21 @@ def _build_extractor(name: str, device: str, weights: str | None) -> FeatureExtr
                     f"{error} Without them, use the extractor 'random-multiscale' (untrained "
                     f"random filters), which needs no weights."
                 ) from error
-            weights_io.apply_state_dict(vgg, state, source="vgg19")
-            title = "VGG19 (ImageNet weights)"
+            state = {k: v for k, v in state.items() if k.startswith("features.")}
+            weights_io.apply_state_dict(module, state, source="vgg19")
+            title = EXTRACTOR_TITLES[name]
         elif weights is None:
+            for layer in module.features:  # torchvision's VGG initialization
+                if isinstance(layer, nn.Conv2d):
+                    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(layer.bias)
             title = "VGG19 with random weights (untrained; for testing)"
         else:
             raise ValueError(f"weights must be 'default' or None, got {weights!r}.")
         # Style transfer reads conv and ReLU outputs: out-of-place ReLUs keep them apart.
-        for layer in vgg.features:
+        for layer in module.features:
             if isinstance(layer, nn.ReLU):
                 layer.inplace = False
-        module = SequentialFeatures(vgg.features)
         extractor = dict(
             title=title, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             content_layers=VGG19_CONTENT_LAYERS, style_layers=VGG19_STYLE_LAYERS,
@@ -386,7 +395,7 @@ def _resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
     if (h, w) == tuple(size):
         return img
-    tensor = torch.from_numpy(img).permute(2, 0, 1).float()
+    tensor = torch.from_numpy(img.copy()).permute(2, 0, 1).float()
     out = F.interpolate(tensor[None], size=size, mode="bilinear", antialias=True, align_corners=False)
     return out[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
 

@@ -1,0 +1,36 @@
+"""Style transfer page: settings, a short run on a button press, result kept across reruns."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import assert_clean, open_page
+
+
+@pytest.mark.slow
+def test_style_page_runs_a_few_steps_and_keeps_the_result(bundled_ready):
+    at = open_page("style_transfer")
+    assert_clean(at)
+    # Without VGG19 weights the page must say plainly that the filters are random, not VGG.
+    from vizkit.style import vgg19_available
+
+    if not vgg19_available():
+        assert any("untrained random filters" in i.value for i in at.info)
+        assert at.selectbox(key="style_extractor").value == "random-multiscale"
+    assert at.selectbox(key="style_choice").options[:4] == ["marble", "mosaic", "strokes", "waves"]
+    at.select_slider(key="style_size").set_value(64).run()
+    at.select_slider(key="style_steps").set_value(10).run()
+    at.selectbox(key="style_choice").set_value("mosaic").run()
+    at.checkbox(key="style_preserve").check().run()
+    at.button(key="style_go").click().run()
+    assert_clean(at)
+    status = [m.value for m in at.markdown if m.value.startswith("**Done**")]
+    assert status and "step 10/10" in status[0]
+    captions = [img.caption for el in at.image for img in el.proto.imgs]
+    assert any(c.startswith("done: step 10 of 10 · 64×") for c in captions)
+    assert at.get("plotly_chart"), "loss curves missing"
+    assert at.get("download_button"), "download missing"
+
+    # Another widget change reruns the page: the result is drawn from session state, not recomputed.
+    at.select_slider(key="style_steps").set_value(25).run()
+    assert_clean(at)
+    assert any(m.value.startswith("**Done** at step 10/10") for m in at.markdown)

@@ -1,0 +1,267 @@
+"""Style transfer: losses against naive references, optimization, color, stopping, CLI."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_image
+from PIL import Image
+
+from vizkit import style as vs
+from vizkit.textures import landscape
+
+
+@pytest.fixture(scope="module")
+def multiscale():
+    return vs.get_extractor("random-multiscale", "cpu")
+
+
+@pytest.fixture(scope="module")
+def vgg_random():
+    torch.manual_seed(0)
+    return vs.get_extractor("vgg19", "cpu", weights=None)
+
+
+def naive_gram(f: torch.Tensor) -> torch.Tensor:
+    """G[i, j] = Σ_p F[i, p]·F[j, p] / (C·M), with Python loops."""
+    _, c, h, w = f.shape
+    flat = f[0].reshape(c, -1)
+    g = torch.zeros(c, c, dtype=f.dtype)
+    for i in range(c):
+        for j in range(c):
+            g[i, j] = sum(flat[i, p] * flat[j, p] for p in range(h * w))
+    return g / (c * h * w)
+
+
+def naive_style(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    c = f.shape[1]
+    g = torch.einsum("chw,dhw->cd", f[0], f[0]) / f[0].numel()
+    return ((g - target) ** 2).sum() / (c * c)
+
+
+def naive_content(f: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nchw,nchw->", f - p, f - p) / f.numel()
+
+
+def test_gram_matrix_matches_loops():
+    torch.manual_seed(1)
+    f = torch.randn(1, 3, 4, 5, dtype=torch.float64)
+    expected = naive_gram(f)
+    torch.testing.assert_close(vs.gram_matrix(f), expected)
+    # The channels_last row view vizkit optimizes with gives the same matrix.
+    last = f.contiguous(memory_format=torch.channels_last)
+    rows = vs._as_rows(last)
+    assert rows.data_ptr() == last.data_ptr()  # a view, no copy
+    torch.testing.assert_close(vs._gram_rows(rows), expected)
+
+
+def test_losses_match_naive_references():
+    torch.manual_seed(2)
+    f, p = torch.randn(2, 1, 3, 4, 5, dtype=torch.float64)
+    target = naive_gram(torch.randn(1, 3, 4, 5, dtype=torch.float64))
+    torch.testing.assert_close(vs.content_loss(f, p), naive_content(f, p))
+    torch.testing.assert_close(vs.style_loss(f, target), naive_style(f, target))
+    img = torch.rand(1, 3, 4, 5, dtype=torch.float64)
+    down = sum((img[0, c, i + 1, j] - img[0, c, i, j]) ** 2
+               for c in range(3) for i in range(3) for j in range(5)) / 45
+    right = sum((img[0, c, i, j + 1] - img[0, c, i, j]) ** 2
+                for c in range(3) for i in range(4) for j in range(4)) / 48
+    tv = down + right
+    torch.testing.assert_close(vs.tv_loss(img), tv)
+    # A hand-computed case: F = [[1, 2]] (C=1, M=2) → G = 5/2; target 0.5 → (2.5 − 0.5)² = 4.
+    hand = torch.tensor([[[[1.0, 2.0]]]])
+    assert float(vs.style_loss(hand, torch.tensor([[0.5]]))) == pytest.approx(4.0)
+
+
+def test_closed_form_gradients_match_autograd():
+    torch.manual_seed(3)
+    f = torch.randn(1, 4, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    p = torch.randn(1, 4, 3, 5, dtype=torch.float64)
+    target = naive_gram(torch.randn(1, 4, 3, 5, dtype=torch.float64))
+    value, grad = vs._style_term(f, target)
+    x = f.detach().clone().requires_grad_(True)
+    expected = torch.autograd.grad(naive_style(x, target), x)[0]
+    assert value == pytest.approx(float(naive_style(f, target)))
+    torch.testing.assert_close(grad, expected)
+    value, grad = vs._content_term(f, p)
+    expected = torch.autograd.grad(naive_content(x, p), x)[0]
+    assert value == pytest.approx(float(naive_content(f, p)))
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("name", ["random-multiscale", "vgg19"])
+def test_objective_gradient_matches_plain_autograd(name, multiscale, vgg_random):
+    ext = multiscale if name == "random-multiscale" else vgg_random
+    content = vs._to_tensor(random_image(32, 32, 0), ext.device)
+    style = vs._to_tensor(random_image(32, 32, 1), ext.device)
+    objective = vs._Objective(ext, content, style, ext.content_layers, ext.style_layers, 2.0, 1e5, 0.5)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    losses = objective.evaluate(x, backward=True)
+
+    # The oracle: the textbook objective built from the naive losses, differentiated by autograd.
+    y = x.detach().clone().requires_grad_(True)
+    norm = lambda t: (t - objective.mean) / objective.std
+    feats = ext.module.walk(norm(y), objective.layers)
+    c_feats = ext.module.walk(norm(content), ext.content_layers)
+    s_feats = ext.module.walk(norm(style), ext.style_layers)
+    c_term = sum(naive_content(feats[k], c_feats[k]) for k in ext.content_layers)
+    s_term = sum(naive_style(feats[k], vs.gram_matrix(s_feats[k])) for k in ext.style_layers)
+    total = 2.0 * c_term + 1e5 * s_term + 0.5 * vs.tv_loss(y)
+    total.backward()
+    assert losses["total"] == pytest.approx(float(total), rel=1e-4)
+    assert losses["content"] == pytest.approx(2.0 * float(c_term), rel=1e-4)
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-3, atol=1e-3 * float(y.grad.abs().max()))
+
+
+def _style_of(ext: vs.FeatureExtractor, img: np.ndarray, style: np.ndarray) -> float:
+    """Unweighted style loss of ``img`` w.r.t. ``style``, from the naive formula."""
+    mean = torch.tensor(ext.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ext.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        f = ext.module.walk((vs._to_tensor(img, ext.device) - mean) / std, ext.style_layers)
+        s = ext.module.walk((vs._to_tensor(style, ext.device) - mean) / std, ext.style_layers)
+        return float(sum(naive_style(f[k], vs.gram_matrix(s[k])) for k in ext.style_layers))
+
+
+@pytest.mark.parametrize("name", ["random-multiscale", pytest.param("vgg19", marks=pytest.mark.slow)])
+def test_thirty_steps_halve_the_loss_and_beat_the_content_style(name, multiscale, vgg_random):
+    ext = multiscale if name == "random-multiscale" else vgg_random
+    content, style = landscape(64), random_image(64, 64, seed=5)
+    steps = list(vs.style_transfer(content, style, extractor=ext, steps=30, size=64, preview_every=1))
+    first, last = steps[0], steps[-1]
+    assert [s.step for s in steps] == list(range(1, 31)) and last.done and not last.stopped
+    assert first.losses["total"] > 0
+    assert last.losses["total"] <= 0.5 * first.losses["total"]
+    assert last.image.shape == (64, 64, 3) and last.image.dtype == np.uint8
+    # Scored independently of vizkit's objective: the result is closer to the style than the content.
+    assert _style_of(ext, last.image, style) < _style_of(ext, content, style)
+
+
+def test_adam_from_noise_lowers_the_loss(multiscale):
+    run = vs.style_transfer(landscape(32), random_image(32, 32, 2), extractor=multiscale, steps=15,
+                            size=32, optimizer="adam", init="noise", tv_weight=1.0, preview_every=1)
+    steps = list(run)
+    assert steps[-1].losses["total"] < steps[0].losses["total"]
+    assert steps[-1].losses["tv"] > 0
+
+
+def test_preserve_color_keeps_the_content_chroma(multiscale):
+    content, style = landscape(64), np.asarray(Image.open(vs.style_images()["mosaic"]).convert("RGB"))
+    result = vs.run_to_end(vs.style_transfer(content, style, extractor=multiscale, steps=10, size=64,
+                                             preserve_color=True))
+    # PIL's fixed-point YCbCr is the oracle, not vizkit's own conversion.
+    ycc = lambda a: np.asarray(Image.fromarray(a).convert("YCbCr")).astype(float)
+    out, ref = ycc(result.image), ycc(vs._resize(content, 64))
+    chroma_diff = np.abs(out[..., 1:] - ref[..., 1:])
+    assert chroma_diff.mean() < 1.0 and np.percentile(chroma_diff, 99) <= 4
+    assert np.abs(out[..., 0] - ref[..., 0]).mean() > 2  # the luminance did change
+    plain = vs.run_to_end(vs.style_transfer(content, style, extractor=multiscale, steps=10, size=64))
+    assert np.abs(ycc(plain.image)[..., 1:] - ref[..., 1:]).mean() > 3 * chroma_diff.mean()
+
+
+def _hooks(module: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in module.modules())
+
+
+def test_stop_mid_run_returns_the_last_preview_and_leaves_no_hooks(multiscale):
+    calls = []
+
+    def stop() -> bool:  # called before each step: the fifth call stops after four steps
+        calls.append(1)
+        return len(calls) > 4
+
+    run = vs.style_transfer(landscape(32), random_image(32, 32, 3), extractor=multiscale, steps=50,
+                            size=32, preview_every=2, stop=stop)
+    seen = []
+    try:
+        while True:
+            seen.append(next(run))
+    except StopIteration as end:
+        returned = end.value
+    assert returned is seen[-1] and returned.done and returned.stopped
+    assert returned.step == 4 and [s.step for s in seen] == [2, 4, 4]
+    assert _hooks(multiscale.module) == 0
+    assert not any(p.requires_grad for p in multiscale.module.parameters())
+    assert not multiscale.module.training
+
+    # Closing the generator between previews (a Streamlit rerun) also leaves the extractor clean.
+    run = vs.style_transfer(landscape(32), random_image(32, 32, 3), extractor=multiscale, steps=50,
+                            size=32, preview_every=1)
+    preview = next(run)
+    run.close()
+    assert preview.step == 1 and _hooks(multiscale.module) == 0
+
+
+def test_two_threads_share_the_extractor(multiscale):
+    kwargs = dict(extractor=multiscale, steps=6, size=32)
+    serial = vs.run_to_end(vs.style_transfer(landscape(32), random_image(32, 32, 4), **kwargs)).image
+    results = {}
+
+    def work(key):
+        results[key] = vs.run_to_end(vs.style_transfer(landscape(32), random_image(32, 32, 4), **kwargs))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results.values():
+        np.testing.assert_array_equal(r.image, serial)
+
+
+def test_bad_arguments_are_explained(multiscale):
+    img = random_image(32, 32)
+    with pytest.raises(ValueError, match="branches.scale1.relu"):
+        next(vs.style_transfer(img, img, extractor=multiscale, style_layers=["conv9"]))
+    with pytest.raises(ValueError, match="optimizer"):
+        next(vs.style_transfer(img, img, extractor=multiscale, optimizer="sgd"))
+    with pytest.raises(ValueError, match="Available"):
+        vs.get_extractor("vgg99")
+    with pytest.raises(ValueError, match="RGB uint8"):
+        next(vs.style_transfer(img[..., 0], img, extractor=multiscale, size=32))
+
+
+def test_missing_vgg19_weights_point_to_the_untrained_extractor(monkeypatch, tmp_path):
+    from vizkit.weights import WeightsError
+
+    def offline(*args, **kwargs):
+        raise OSError("no network in tests")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert not vs.vgg19_available() and vs.default_extractor() == "random-multiscale"
+    with pytest.raises(WeightsError, match="random-multiscale"):
+        vs.get_extractor("vgg19", "cpu")
+
+
+def test_titles_say_what_the_extractor_is(multiscale, vgg_random):
+    assert "untrained" in multiscale.title and "not VGG" in multiscale.title
+    assert "random weights" in vgg_random.title and not vgg_random.trained
+    assert vs.layer_label(vgg_random, "features.21") == "conv4_2 (features.21)"
+    assert set(vs.style_images()) >= {"marble", "mosaic", "strokes", "waves"}
+
+
+def test_cli_writes_a_png_without_metadata(tmp_path, capsys):
+    from vizkit.__main__ import main
+
+    content = tmp_path / "content.png"
+    Image.fromarray(landscape(48)).save(content, pnginfo=_with_text("secret", "gps"))
+    out = tmp_path / "out.png"
+    code = main(["style", str(content), "marble", "--out", str(out), "--extractor", "random-multiscale",
+                 "--size", "40", "--steps", "3", "--device", "cpu"])
+    assert code == 0
+    with Image.open(out) as im:
+        assert im.size == (40, 40) and im.mode == "RGB" and not im.info.get("secret")
+    assert "Random multi-scale" in capsys.readouterr().out
+
+
+def _with_text(key: str, value: str):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(key, value)
+    return info
