@@ -302,7 +302,7 @@ def occlusion(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     grid = patch_grid(m.input_size, patch, stride)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     with m.lock, torch.inference_mode():
         x = m.preprocess(img)
         base = baseline_value(m, baseline)
@@ -378,7 +378,8 @@ def occlusion(
         "batch_size": evaluator.batch_size,
         "out_of_memory_retries": evaluator.out_of_memory,
         "timings": {"clean_s": clean_s, "positions_s": positions_s,
-                    "total_s": time.perf_counter() - started},
+                    "total_s": time.perf_counter() - started,
+                    "cpu_s": time.process_time() - started_cpu},
     }
     if evaluator.fallback:
         info["fallback"] = f"full inference: {evaluator.fallback}"
@@ -412,8 +413,12 @@ def _drill_down_stages(grid: _Grid) -> tuple[list[Callable], int]:
     def refine(scores: np.ndarray) -> list[tuple[int, int]]:
         evaluated = ~np.isnan(scores)
         estimate = _interpolate(scores, evaluated)
-        # Sensitivity: how far the estimate departs from the typical (median) score.
-        sensitivity = np.abs(estimate - np.median(estimate[evaluated]))
+        # Sensitive: far from the typical (median) score, or where neighbouring estimates
+        # disagree (the interpolation is least trustworthy there).
+        padded = np.pad(estimate, 1, mode="edge")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3))
+        spread = windows.max((-2, -1)) - windows.min((-2, -1))
+        sensitivity = np.abs(estimate - np.median(estimate[evaluated])) + spread
         candidates = [(iy, ix) for iy in range(ny) for ix in range(nx) if not evaluated[iy, ix]]
         candidates.sort(key=lambda c: -sensitivity[c])
         return candidates[:math.ceil(REFINE_FRACTION * len(candidates))]

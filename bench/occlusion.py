@@ -1,0 +1,139 @@
+"""Occlusion speed, side by side with captum, in one process on one image.
+
+    python bench/occlusion.py --model vgg16 --patch 16 --stride 8
+
+Runs captum's ``Occlusion`` (forward = softmax probability of the top class) at its best
+``perturbations_per_eval`` of {1, 16, 64}, then ``vizkit.occlusion`` in exact and approximate
+mode. The best ``perturbations_per_eval`` is chosen by timing the first ``--calibrate``
+perturbed examples of each (``--calibrate 0`` times complete runs of each instead); the chosen
+one then runs complete. Last line:
+
+    speedup_exact: A max_rel_diff: B speedup_approx: C ssim: D
+
+A, C: captum time / vizkit time; B: max |exact - captum| / max |captum|; D: SSIM of the
+approximate map against the exact one (scikit-image).
+
+Times are CPU seconds of this process (``time.process_time``), not wall clock: on a shared
+CPU the wall clock mostly measures the other jobs. With one thread both are the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from captum.attr import Occlusion
+from skimage.metrics import structural_similarity
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vizkit.images import load_image  # noqa: E402
+from vizkit.models import load_model, weights_available  # noqa: E402
+from vizkit.occlusion import baseline_value, occlusion  # noqa: E402
+
+
+class _Enough(Exception):
+    """Stops a calibration run of captum once enough examples were timed."""
+
+
+def captum_map(m, x, base, target, patch, stride, ppe, limit=None):
+    """Captum's occlusion map (S×S) and seconds per perturbed example (or total seconds)."""
+    seen = {"calls": 0, "examples": 0, "start": None}
+
+    def forward(batch):
+        seen["calls"] += 1
+        if seen["calls"] == 2:  # captum evaluates the clean input first, then the patches
+            seen["start"] = time.process_time()
+        out = torch.softmax(m.module(batch), dim=1)[:, target]
+        if seen["calls"] >= 2:
+            seen["examples"] += batch.shape[0]
+            if limit is not None and seen["examples"] >= limit:
+                raise _Enough
+        return out
+
+    started = time.process_time()
+    try:
+        with torch.inference_mode():
+            attr = Occlusion(forward).attribute(
+                x, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
+                baselines=base.expand_as(x), perturbations_per_eval=ppe)
+    except _Enough:
+        return None, (time.process_time() - seen["start"]) / seen["examples"]
+    return attr[0, 0].cpu().numpy(), time.process_time() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="fashion-zf")
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--size", type=int, default=None, help="input side (default: model's)")
+    parser.add_argument("--image", default=str(ROOT / "assets" / "samples" / "chelsea.png"))
+    parser.add_argument("--baseline", default="mean")
+    parser.add_argument("--ppe", default="1,16,64", help="captum perturbations_per_eval to try")
+    parser.add_argument("--calibrate", type=int, default=64,
+                        help="perturbed examples timed per ppe to pick the best (0: full runs)")
+    args = parser.parse_args(argv)
+
+    weights = "default" if weights_available(args.model) else None
+    torch.manual_seed(0)
+    m = load_model(args.model, device="cpu", weights=weights)
+    if args.size:
+        m.spec = dataclasses.replace(m.spec, input_size=args.size)
+    img = load_image(args.image)
+    x = m.preprocess(img)
+    base = baseline_value(m, args.baseline)
+    with torch.inference_mode():
+        target = int(m.module(x).argmax())
+    print(f"model {args.model} ({'trained' if weights else 'random seeded'} weights), "
+          f"input {m.input_size}, patch {args.patch}, stride {args.stride}, "
+          f"torch threads {torch.get_num_threads()}, target {target}")
+
+    ppes = [int(v) for v in args.ppe.split(",")]
+    runs = {}
+    if args.calibrate and len(ppes) > 1:
+        per_example = {}
+        for ppe in ppes:
+            _, per_example[ppe] = captum_map(m, x, base, target, args.patch, args.stride, ppe,
+                                             limit=max(ppe, args.calibrate))
+            print(f"captum ppe={ppe}: {per_example[ppe] * 1e3:.1f} ms per perturbed example "
+                  "(calibration)")
+        best = min(per_example, key=per_example.get)
+    else:
+        for ppe in ppes:
+            runs[ppe] = captum_map(m, x, base, target, args.patch, args.stride, ppe)
+            print(f"captum ppe={ppe}: {runs[ppe][1]:.2f} s CPU")
+        best = min(runs, key=lambda k: runs[k][1])
+    if best not in runs:
+        runs[best] = captum_map(m, x, base, target, args.patch, args.stride, best)
+    reference, captum_s = runs[best]
+    print(f"captum best ppe={best}: {captum_s:.2f} s CPU")
+
+    exact = occlusion(m, img, target=target, patch=args.patch, stride=args.stride,
+                      baseline=args.baseline, mode="exact")
+    exact_s = exact.info["timings"]["cpu_s"]
+    wall = exact.info["timings"]["total_s"]
+    print(f"vizkit exact: {exact_s:.2f} s CPU, {wall:.2f} s wall "
+          f"(nodes {exact.info.get('nodes')}, batch {exact.info['batch_size']})")
+    approx = occlusion(m, img, target=target, patch=args.patch, stride=args.stride,
+                       baseline=args.baseline, mode="approximate")
+    approx_s = approx.info["timings"]["cpu_s"]
+    print(f"vizkit approximate: {approx_s:.2f} s CPU ({approx.info['evaluated']} of "
+          f"{approx.info['total_positions']} positions evaluated)")
+
+    max_rel_diff = float(np.abs(exact.map - reference).max() / np.abs(reference).max())
+    span = float(exact.map.max() - exact.map.min()) or 1.0
+    ssim = float(structural_similarity(approx.map, exact.map, data_range=span))
+    print(f"speedup_exact: {captum_s / exact_s:.2f} max_rel_diff: {max_rel_diff:.2e} "
+          f"speedup_approx: {captum_s / approx_s:.2f} ssim: {ssim:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Occlusion: captum's ``Occlusion`` as the oracle, exact incremental inference against full
+inference on every registry model and on odd geometries, hook hygiene, OOM retry, stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import Occlusion
+from conftest import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
+from torch import nn
+
+import vizkit.incremental as incremental
+from vizkit.hooks import hook_count
+from vizkit.models import LoadedModel, wrap_module
+from vizkit.occlusion import baseline_value, occlusion, patch_grid
+
+
+def resized(m: LoadedModel, size: int) -> LoadedModel:
+    """The same module seen at another input size (the shared fixture is left alone)."""
+    return LoadedModel(module=m.module, spec=dataclasses.replace(m.spec, input_size=size),
+                       device=m.device)
+
+
+def captum_occlusion(m, img, target, patch, stride, baseline, score="probability"):
+    """Captum's map with a forward returning the target's softmax probability (or a logit)."""
+    x = m.preprocess(img)
+
+    def forward(batch):
+        logits = m.module(batch)
+        return torch.softmax(logits, 1)[:, target] if score == "probability" else logits[:, target]
+
+    with torch.no_grad():
+        attr = Occlusion(forward).attribute(
+            x, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
+            baselines=baseline_value(m, baseline).expand_as(x), perturbations_per_eval=16)
+    return attr[0, 0].numpy()
+
+
+def assert_close_map(ours: np.ndarray, reference: np.ndarray, rel: float = 1e-4, clean: float = 0.0):
+    """max |ours - reference| <= rel * max |reference|, plus float32 rounding of the clean score
+    the drops are taken from (a drop of 0.01 from a logit of 50 has only 3 exact digits)."""
+    scale = np.abs(reference).max()
+    assert scale > 0, "the reference map is all zero: the comparison could not fail"
+    bound = rel * scale + 8 * np.finfo(np.float32).eps * abs(clean)
+    assert np.abs(ours - reference).max() <= bound, np.abs(ours - reference).max() / scale
+
+
+class AllOps(nn.Module):
+    """Every op the incremental path handles: strided/dilated conv, BN, ReLU6, ceil-mode
+    max-pool, concat, sigmoid, residual add with in-place ReLU, avg-pool, and a mean head
+    that has to run in full."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.act = nn.ReLU6(inplace=True)
+        self.pool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
+        self.b1 = nn.Conv2d(6, 4, 1)
+        self.b2 = nn.Conv2d(6, 4, 3, padding=2, dilation=2)
+        self.res = nn.Conv2d(8, 8, 3, padding=1)
+        self.avg = nn.AvgPool2d(3, 1, padding=1)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.pool(self.act(self.bn(self.stem(x))))
+        x = torch.cat([F.relu(self.b1(x)), torch.sigmoid(self.b2(x))], 1)
+        x = x + F.relu(self.res(x), inplace=True)
+        x = F.relu(self.down(self.avg(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def all_ops_model(size: int) -> LoadedModel:
+    torch.manual_seed(1)
+    net = AllOps()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 2.0)
+        net.bn.weight.uniform_(0.5, 1.5)
+        net.bn.bias.uniform_(-0.2, 0.2)
+    spec = dataclasses.replace(TINY_SPEC, name="all-ops", input_size=size, cam_layer="down")
+    return wrap_module(net, spec, device="cpu")
+
+
+def state_of(module: nn.Module) -> list:
+    return [(n, s.training, getattr(s, "inplace", None)) for n, s in module.named_modules()] + [
+        (n, p.requires_grad, p.grad is None) for n, p in module.named_parameters()]
+
+
+# ---------------------------------------------------------------------------- captum as oracle
+@pytest.mark.parametrize("mode", ["full", "exact"])
+def test_tiny_matches_captum(tiny, mode):
+    img = random_image(16, 16, seed=3)
+    ours = occlusion(tiny, img, target=1, patch=4, stride=2, baseline="grey", mode=mode)
+    assert_close_map(ours.map, captum_occlusion(tiny, img, 1, 4, 2, "grey"))
+    assert ours.map.shape == (16, 16) and ours.map.dtype == np.float32
+
+
+def test_callable_target_matches_captum_logit(tiny):
+    img = random_image(16, 16, seed=4)
+    ours = occlusion(tiny, img, target=lambda logits: logits[:, 2], patch=5, stride=3,
+                     baseline=(0.2, 0.9, 0.1))
+    assert ours.info["score"] == "callable" and ours.target is None
+    assert_close_map(ours.map, captum_occlusion(tiny, img, 2, 5, 3, (0.2, 0.9, 0.1), "logit"))
+
+
+@pytest.mark.parametrize("mode", ["full", "exact"])
+def test_fashion_zf_matches_captum(mode):
+    m = zoo_model("fashion-zf")
+    img = random_image(64, 64, seed=5)
+    ours = occlusion(m, img, target=lambda logits: logits[:, 3], patch=16, stride=8, mode=mode)
+    assert_close_map(ours.map, captum_occlusion(m, img, 3, 16, 8, "mean", "logit"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "vgg16", "alexnet", "googlenet"])
+def test_zoo_matches_captum_small_input(name):
+    m = resized(zoo_model(name), 64)
+    img = random_image(64, 64, seed=6)
+    ours = occlusion(m, img, target=lambda logits: logits[:, 7], patch=16, stride=12, mode="exact")
+    assert_close_map(ours.map, captum_occlusion(m, img, 7, 16, 12, "mean", "logit"))
+
+
+# ---------------------------------------------------------------------------- exact vs full
+@pytest.mark.parametrize(
+    ("size", "patch", "stride"),
+    [(32, 5, 3), (37, 8, 5), (29, 29, 29), (24, 3, 1), (33, 10, 10), (40, 7, 2)],
+)
+def test_exact_equals_full_on_odd_geometry(size, patch, stride):
+    """Patch larger than stride, stride not dividing the size, patch at the border, patch = image."""
+    m = all_ops_model(size)
+    img = random_image(size, size, seed=size)
+    logit = lambda logits: logits[:, 0]  # probabilities of a tiny random net barely move
+    full = occlusion(m, img, logit, patch=patch, stride=stride, mode="full", layer="avg")
+    exact = occlusion(m, img, logit, patch=patch, stride=stride, mode="exact", layer="avg")
+    assert_close_map(exact.map, full.map, clean=full.info["clean_probability"])
+    assert_close_map(exact.info["feature_map"], full.info["feature_map"],
+                     clean=full.info["feature_clean"])
+    assert exact.info["nodes"]["incremental"] > 0
+
+
+def test_all_ops_matches_captum():
+    m = all_ops_model(30)
+    img = random_image(30, 30, seed=9)
+    ours = occlusion(m, img, target=lambda logits: logits[:, 2], patch=7, stride=4, baseline="zero")
+    assert_close_map(ours.map, captum_occlusion(m, img, 2, 7, 4, "zero", "logit"))
+
+
+@pytest.mark.slow
+def test_exact_equals_full_on_registry_model(registry_model):
+    """Every registry model (weights=None) at 96 px: probability grid and a deep feature's drop."""
+    m = resized(registry_model, 96)
+    img = random_image(96, 96, seed=2)
+    kwargs = dict(target=lambda logits: logits[:, :10].sum(1), patch=20, stride=12,
+                  layer=m.spec.cam_layer)
+    full = occlusion(m, img, mode="full", **kwargs)
+    exact = occlusion(m, img, mode="exact", **kwargs)
+    assert exact.info["mode"] == "exact" and exact.info["nodes"]["incremental"] > 0
+    assert_close_map(exact.info["feature_map"], full.info["feature_map"])
+    scale = max(np.abs(full.map).max(), 1e-6)
+    assert np.abs(exact.map - full.map).max() <= 1e-4 * scale
+
+
+def test_unknown_op_runs_in_full_and_stays_exact():
+    class WithNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = nn.LocalResponseNorm(3)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.norm(F.relu(self.conv(x) * 2.0)).amax((2, 3)))
+
+    torch.manual_seed(0)
+    m = wrap_module(WithNorm(), dataclasses.replace(TINY_SPEC, input_size=20), device="cpu")
+    img = random_image(20, 20, seed=1)
+    logit = lambda logits: logits[:, 1]
+    exact = occlusion(m, img, logit, patch=6, stride=4)
+    full = occlusion(m, img, logit, patch=6, stride=4, mode="full")
+    assert exact.info["nodes"]["full"] > 0
+    assert_close_map(exact.map, full.map)
+
+
+def test_untraceable_model_falls_back_to_full():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = make_tiny_cnn()
+
+        def forward(self, x):
+            return self.net(x) if x.sum() > -1e9 else -self.net(x)
+
+    m = wrap_module(DataDependent(), TINY_SPEC, device="cpu")
+    img = random_image(16, 16)
+    ours = occlusion(m, img, target=0, patch=4, stride=4)
+    assert ours.info["mode"] == "full" and "fallback" in ours.info
+    assert_close_map(ours.map, captum_occlusion(m, img, 0, 4, 4, "mean"))
+
+
+# ---------------------------------------------------------------------------- info, layer, box
+def test_info_box_and_probability_grid(tiny):
+    img = random_image(16, 16, seed=7)
+    ours = occlusion(tiny, img, patch=6, stride=4)
+    grid = patch_grid(16, 6, 4)
+    assert grid.ys.tolist() == [0, 4, 8, 12]  # the last patch is clipped at the border
+    assert grid.box(3, 3) == (12, 12, 16, 16)
+    probs = ours.info["probability_grid"]
+    assert probs.shape == (4, 4) and ours.raw.shape == (4, 4)
+    with torch.no_grad():
+        logits = tiny.module(tiny.preprocess(img))
+    assert ours.target == int(logits.argmax())
+    iy, ix = np.unravel_index(np.argmin(probs), probs.shape)
+    assert ours.info["box"] == grid.box(iy, ix)
+    # Hand oracle for one position: occlude by hand, run the module.
+    x = tiny.preprocess(img).clone()
+    x[:, :, 4:10, 8:14] = baseline_value(tiny, "mean")[0]
+    with torch.no_grad():
+        p = torch.softmax(tiny.module(x), 1)[0, ours.target]
+    assert abs(float(p) - probs[1, 2]) < 1e-6
+    assert ours.info["approximate"] is False and ours.info["complete"] is True
+
+
+def test_layer_channel_feature_drop_matches_hand_oracle(tiny):
+    img = random_image(16, 16, seed=8)
+    ours = occlusion(tiny, img, target=0, patch=8, stride=4, layer="relu1")
+    x = tiny.preprocess(img)
+    with torch.no_grad():
+        clean = F.relu(tiny.module.conv1(x))[0]
+    assert ours.info["channel"] == int(clean.flatten(1).amax(1).argmax())
+    ch = ours.info["channel"]
+    occluded = x.clone()
+    occluded[:, :, 4:12, 8:16] = baseline_value(tiny, "mean")[0]
+    with torch.no_grad():
+        total = F.relu(tiny.module.conv1(occluded))[0, ch].sum()
+    assert abs(float(total) - ours.info["feature_grid"][1, 2]) < 1e-4
+    assert ours.info["feature_map"].shape == (16, 16) and ours.layer == "relu1"
+    with pytest.raises(ValueError, match="Valid layers"):
+        occlusion(tiny, img, layer="nope")
+    with pytest.raises(ValueError, match="outside layer"):
+        occlusion(tiny, img, layer="relu1", channel=99)
+
+
+@pytest.mark.parametrize("baseline", ["mean", "grey", "zero", 0.3, (1.0, 0.0, 0.5), (255, 0, 128)])
+def test_baselines(tiny, baseline):
+    value = baseline_value(tiny, baseline)  # tiny: mean 0, std 1, so normalized = RGB in [0, 1]
+    named = {"mean": (0, 0, 0), "grey": (0.5,) * 3, "zero": (0, 0, 0), 0.3: (0.3,) * 3}
+    expected = named[baseline] if baseline in named else (
+        np.asarray(baseline) / (255 if max(baseline) > 1 else 1))
+    assert np.allclose(value.flatten().numpy(), expected, atol=1e-6)
+
+
+def test_bad_arguments(tiny):
+    img = random_image(16, 16)
+    for kwargs in [dict(baseline="purple"), dict(mode="fast"), dict(patch=0), dict(patch=32),
+                   dict(patch=4, stride=5), dict(batch_size=0), dict(baseline=-1.0)]:
+        with pytest.raises(ValueError):
+            occlusion(tiny, img, **kwargs)
+
+
+# ---------------------------------------------------------------------------- reliability
+def test_bad_target_rejected_before_any_forward(tiny, monkeypatch):
+    before = state_of(tiny.module)
+
+    def no_forward(*_):
+        raise AssertionError("preprocess/forward ran before the target was checked")
+
+    monkeypatch.setattr(tiny, "preprocess", no_forward)
+    with pytest.raises(ValueError, match="outside"):
+        occlusion(tiny, random_image(16, 16), target=3)
+    assert hook_count(tiny.module) == 0 and state_of(tiny.module) == before
+
+
+@pytest.mark.parametrize("mode", ["exact", "full", "approximate"])
+def test_hooks_and_flags_restored_after_success_and_error(mode, monkeypatch):
+    m = all_ops_model(24)
+    before = state_of(m.module)
+    occlusion(m, random_image(24, 24), patch=6, stride=4, mode=mode, layer="res")
+    assert hook_count(m.module) == 0 and state_of(m.module) == before
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(incremental.IncrementalOcclusion, "run_batch", broken)
+    monkeypatch.setattr(m.module.head, "forward", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        occlusion(m, random_image(24, 24), target=0, patch=6, stride=4, mode=mode)
+    assert hook_count(m.module) == 0 and state_of(m.module) == before
+    acquired = []
+
+    def other_session():
+        acquired.append(m.lock.acquire(timeout=5))
+        m.lock.release()
+
+    worker = threading.Thread(target=other_session)
+    worker.start()
+    worker.join()
+    assert acquired == [True]  # the lock was released
+
+
+@pytest.mark.parametrize("mode", ["exact", "full"])
+def test_out_of_memory_halves_batch_and_stays_exact(mode, monkeypatch):
+    m = all_ops_model(24)
+    img = random_image(24, 24, seed=4)
+    logit = lambda logits: logits[:, 1]
+    reference = occlusion(m, img, logit, patch=6, stride=4, mode=mode, batch_size=64)
+    name = "run_batch" if mode == "exact" else "occluded_inputs"
+    owner = incremental.IncrementalOcclusion if mode == "exact" else __import__(
+        "vizkit.occlusion", fromlist=["_Evaluator"])._Evaluator
+    original = getattr(owner, name)
+    calls = {"oom": 0}
+
+    def flaky(self, *args, **kwargs):
+        if len(args[-2 if mode == "exact" else -1]) > 4:
+            calls["oom"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, flaky)
+    ours = occlusion(m, img, logit, patch=6, stride=4, mode=mode, batch_size=64)
+    assert calls["oom"] > 0 and ours.info["out_of_memory_retries"] > 0
+    assert ours.info["batch_size"] <= 4
+    assert_close_map(ours.map, reference.map, clean=reference.info["clean_probability"])
+
+
+def test_progress_reports_and_stops(tiny):
+    img = random_image(16, 16)
+    seen = []
+    full = occlusion(tiny, img, patch=4, stride=2, batch_size=7, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (49, 49) and len(seen) == 7
+    stopped = occlusion(tiny, img, patch=4, stride=2, batch_size=7, progress=lambda d, t: d < 14)
+    assert stopped.info["complete"] is False and stopped.info["stopped"] is True
+    assert stopped.info["evaluated"] == 14 and np.isnan(stopped.info["probability_grid"]).sum() == 35
+    evaluated = ~np.isnan(stopped.info["probability_grid"])
+    assert np.allclose(stopped.info["probability_grid"][evaluated],
+                       full.info["probability_grid"][evaluated], atol=1e-7)
+
+
+def test_concurrent_calls_match_serial():
+    m = all_ops_model(24)
+    img = random_image(24, 24, seed=11)
+    logit = lambda logits: logits[:, 0]
+    serial = occlusion(m, img, logit, patch=6, stride=3).map
+    results = [None] * 4
+
+    def work(i):
+        results[i] = occlusion(m, img, logit, patch=6, stride=3,
+                               mode="exact" if i % 2 else "full").map
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        assert_close_map(r, serial)
+
+
+# ---------------------------------------------------------------------------- approximate, CLI
+def test_approximate_is_flagged_and_evaluates_fewer_positions():
+    m = all_ops_model(48)
+    img = np.full((48, 48, 3), 60, np.uint8)
+    img[12:30, 20:34] = (250, 200, 40)  # one object on a flat background
+    logit = lambda logits: logits[:, 0]
+    exact = occlusion(m, img, logit, patch=8, stride=2)
+    approx = occlusion(m, img, logit, patch=8, stride=2, mode="approximate")
+    assert approx.info["approximate"] is True and approx.info["mode"] == "approximate"
+    assert approx.info["evaluated"] < 0.6 * approx.info["total_positions"]
+    assert not np.isnan(approx.info["probability_grid"]).any()
+    # The same picture, roughly (this random net's map is speckled; the bench measures SSIM).
+    assert np.corrcoef(exact.map.ravel(), approx.map.ravel())[0, 1] > 0.5
+
+
+def test_drill_down_evaluates_exact_values_where_it_looks(monkeypatch):
+    """Without projective-field thresholding, every evaluated position is the exact value."""
+    import vizkit.occlusion as occlusion_module
+
+    monkeypatch.setattr(occlusion_module, "CAP_FRACTION", None)
+    m = all_ops_model(32)
+    img = random_image(32, 32, seed=13)
+    logit = lambda logits: logits[:, 1]
+    exact = occlusion(m, img, logit, patch=6, stride=2)
+    seen = []
+    approx = occlusion(m, img, logit, patch=6, stride=2, mode="approximate",
+                       progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] == approx.info["evaluated"]
+    grid = patch_grid(32, 6, 2)
+    coarse = [i for i in range(grid.shape[0]) if i % 2 == 0 or i == grid.shape[0] - 1]
+    ours, reference = approx.info["probability_grid"], exact.info["probability_grid"]
+    assert np.allclose(ours[np.ix_(coarse, coarse)], reference[np.ix_(coarse, coarse)], atol=1e-4)
+    same = np.isclose(ours, reference, atol=1e-4).sum()
+    assert same >= approx.info["evaluated"]
+
+
+def test_cli_writes_png(tmp_path):
+    from PIL import Image
+
+    from vizkit.__main__ import main
+
+    src = tmp_path / "in.png"
+    Image.fromarray(random_image(48, 40)).save(src)
+    out = tmp_path / "out.png"
+    assert main(["occlusion", str(src), "--model", "fashion-zf", "--weights", "none",
+                 "--out", str(out), "--patch", "16", "--stride", "16", "--baseline", "0.5"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (64, 64)
