@@ -24,6 +24,11 @@ PAGES = [
     ("filters.py", "Filters", ":material/filter:"),
     ("explorer.py", "Model explorer", ":material/account_tree:"),
     ("style_transfer.py", "Style transfer", ":material/palette:"),
+    # Zeiler & Fergus 2013's other analyses
+    ("zf_evolution.py", "Z&F: feature evolution", ":material/timeline:"),
+    ("zf_invariance.py", "Z&F: invariance", ":material/rotate_right:"),
+    ("zf_correspondence.py", "Z&F: correspondence", ":material/join_inner:"),
+    ("zf_probes.py", "Z&F: linear probes", ":material/stacked_bar_chart:"),
 ]
 
 

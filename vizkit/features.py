@@ -8,6 +8,7 @@ thousand images at a wide first layer stay small.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,19 +138,26 @@ def layer_features(
     return Features(values=values, logits=np.concatenate(outs) if logits else None, shapes=shapes)
 
 
-def write_table(rows: list[dict], path: Path) -> None:
-    """Writes rows as CSV (``.csv``) or a Markdown table (``.md``)."""
-    path = Path(path)
+def table_text(rows: list[dict], fmt: str = "csv") -> str:
+    """Rows as CSV (``fmt="csv"``) or a Markdown table (``fmt="md"``)."""
     cols = list(rows[0]) if rows else []
-    if path.suffix == ".md":
+    if fmt == "md":
         def cell(v: object) -> str:
             return f"{v:.4g}" if isinstance(v, float) else str(v)
 
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
-        path.write_text("\n".join(lines) + "\n")
-        return
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
+        return "\n".join(lines) + "\n"
+    if fmt != "csv":
+        raise ValueError(f"fmt must be 'csv' or 'md', got {fmt!r}.")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_table(rows: list[dict], path: str | Path) -> None:
+    """Writes rows as a Markdown table to a ``.md`` path, as CSV otherwise."""
+    path = Path(path)
+    path.write_text(table_text(rows, "md" if path.suffix == ".md" else "csv"))
