@@ -53,6 +53,8 @@ def default_layers(m: LoadedModel, n: int = 6) -> list[str]:
         raise ValueError("The model has neither ReLU modules nor convolutions; pass layers explicitly.")
     if len(names) <= n:
         return names
+    if n <= 1:
+        return names[-1:]
     picks = np.unique(np.round(np.linspace(0, len(names) - 1, n)).astype(int))
     return [names[i] for i in picks]
 
