@@ -100,7 +100,7 @@ def run(args) -> int:
     for name in args.methods.split(","):
         bar = tqdm(total=n, desc=name, leave=False)
         result = pointing_game(m, scenes, methods[name], name, args.tolerance,
-                               progress=lambda done, total: bar.update(done - bar.n))
+                               progress=lambda done, total, bar=bar: bar.update(done - bar.n))
         bar.close()
         print(f"{name:12s} pointing game {result.rate:.1%} ({result.hits}/{result.total} correctly "
               f"classified scenes; {result.skipped} misclassified left out)")

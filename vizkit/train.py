@@ -52,26 +52,32 @@ def evaluate(module: torch.nn.Module, images: np.ndarray, labels: np.ndarray, ba
     return float((preds == labels).mean()), per_class
 
 
-def train(epochs: int, batch: int, lr: float, seed: int, snapshots: list[int]) -> dict:
+def train(epochs: int, batch: int, lr: float, seed: int, snapshots: list[int],
+          resume: Path | None = None, first_epoch: int = 1) -> dict:
     torch.manual_seed(seed)
     items, labels = load_fashion_mnist("train")
     test_items, test_labels = load_fashion_mnist("test")
     check = make_scenes(test_items[:2000], test_labels[:2000], seed=TEST_SEED)
 
-    module = FashionZF(num_classes=10).to(memory_format=torch.channels_last)
+    module = FashionZF(num_classes=10)
+    if resume is not None:
+        from vizkit.weights import apply_state_dict, read_state_dict
+
+        apply_state_dict(module, read_state_dict(resume), str(resume))
+    module = module.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=5e-4)
     steps_per_epoch = len(items) // batch
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25
     )
-    if 0 in snapshots:
+    if 0 in snapshots and resume is None:
         _save(module, SNAPSHOT_DIR / "fashion-zf-epoch0.safetensors")
     history, start = [], time.time()
     rng = np.random.default_rng(seed)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, first_epoch + epochs):
         module.train()
         order = rng.permutation(len(items))
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", mininterval=10)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{first_epoch + epochs - 1}", mininterval=10)
         chunk_size, scenes, seen, losses = 4096, None, 0, []
         for step in bar:
             lo = step * batch
@@ -175,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="continue from these weights (a second, shorter one-cycle phase)")
+    parser.add_argument("--first-epoch", type=int, default=1, help="epoch number of the first epoch run")
     parser.add_argument("--eval-only", action="store_true",
                         help="measure the shipped weights on the full test split and exit")
     args = parser.parse_args(argv)
@@ -187,9 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, acc in zip(FASHION_CLASSES, per_class, strict=True):
             print(f"  {name:12s} {acc:.1%}")
         return 0
-    write_subset()
-    snapshots = sorted({0, 1, 2, max(1, args.epochs // 2), args.epochs})
-    result = train(args.epochs, args.batch, args.lr, args.seed, snapshots)
+    last = args.first_epoch + args.epochs - 1
+    if args.resume is None:
+        write_subset()
+        snapshots = sorted({0, 1, 2, max(1, args.epochs // 2), last})
+    else:
+        snapshots = [last]
+    result = train(args.epochs, args.batch, args.lr, args.seed, snapshots, args.resume, args.first_epoch)
     scenes = evaluation_scenes()
     accuracy, per_class = evaluate(result["module"], scenes.images, scenes.labels)
     print(f"accuracy on {len(scenes)} test scenes: {accuracy:.2%} after {result['minutes']:.1f} min")
