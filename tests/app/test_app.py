@@ -1,0 +1,78 @@
+"""The app shell: every page renders, a zoo model without weights says how to get them, rules."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+from conftest import ROOT, assert_clean, open_page
+
+import app
+
+PAGE_FILES = [file for file, _, _ in app.PAGES if (ROOT / "pages" / file).is_file()]
+
+
+def test_navigation_lists_every_page_and_guards_missing_files(monkeypatch, tmp_path):
+    titles = [title for _, title, _ in app.PAGES]
+    assert titles[0] == "Home" and "Style transfer" in titles
+    for required in ["home.py", "activations.py", "deconvnet.py", "occlusion.py", "cam.py",
+                     "filters.py", "explorer.py"]:
+        assert required in PAGE_FILES
+    monkeypatch.setattr(app, "PAGES_DIR", tmp_path)  # no page files at all: nothing listed, no crash
+    (tmp_path / "home.py").write_text("")
+    assert [p for p, _, _ in app.PAGES if (tmp_path / p).is_file()] == ["home.py"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [p.removesuffix(".py") for p in PAGE_FILES])
+def test_every_page_renders_with_the_bundled_model(page, bundled_ready):
+    at = open_page(None if page == "home" else page)
+    assert_clean(at)
+    assert at.title, f"{page} shows no title"
+
+
+def test_sidebar_shows_model_device_and_image_source(bundled_ready):
+    at = open_page()
+    assert at.sidebar.selectbox(key="vk_model").value == "fashion-zf"
+    assert any(f"Device: **{bundled_ready.device}**" in c.value for c in at.sidebar.caption)
+    assert at.sidebar.radio(key="vk_source").options == ["Sample image", "Dataset scene", "Upload"]
+    assert at.sidebar.radio(key="vk_source").value == "Dataset scene"  # the bundled model's domain
+    assert len(at.sidebar.image) == 1
+
+
+@pytest.mark.slow
+def test_a_zoo_model_without_weights_explains_how_to_get_them(bundled_ready):
+    at = open_page(state={"vk_model": "vgg16"})
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("python -m vizkit weights import FILE --model vgg16" in w.value for w in at.sidebar.warning)
+    options = at.sidebar.selectbox(key="vk_model").options
+    assert options[0] == "fashion-zf (bundled, FashionScenes)"
+    assert all(o.endswith("weights missing") for o in options[1:])  # TORCH_HOME is empty in tests
+    for page in PAGE_FILES:
+        if page == "home.py":
+            continue
+        at.switch_page(f"pages/{page}").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        warnings = [w.value for w in at.main.warning]
+        assert any("--model vgg16" in w for w in warnings), (page, warnings)
+
+
+def imported_modules(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_pages_never_import_torch():
+    files = [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
+    for path in files:
+        bad = [name for name in imported_modules(path) if name.split(".")[0] in ("torch", "torchvision")]
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_render_and_ui_glue_split():
+    render = ROOT / "vizkit" / "render.py"
+    assert "streamlit" not in {n.split(".")[0] for n in imported_modules(render)}

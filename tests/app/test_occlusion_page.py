@@ -1,0 +1,36 @@
+"""Occlusion page: maps, the worst patch, timings, exact and approximate modes (uploads: browser suite)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ROOT, assert_clean, open_page
+
+import vizkit as vk
+
+
+@pytest.mark.slow
+def test_occlusion_on_a_sample_photo(bundled_ready):
+    m = bundled_ready
+    at = open_page("occlusion", state={"vk_source": "Sample image", "vk_sample": "chelsea"})
+    assert_clean(at)
+    at.slider(key="occ_patch_64").set_value(16).run()
+    at.slider(key="occ_stride_64_16").set_value(16).run()
+    at.button(key="occ_go").click().run()
+    assert_clean(at)
+
+    img = vk.load_image(ROOT / "assets" / "samples" / "chelsea.png")
+    with torch.no_grad():
+        probs = torch.softmax(m.module(m.preprocess(img)), 1)[0]
+    values = {x.label: x.value for x in at.metric}
+    assert values["Clean probability"] == f"{float(probs.max()):.1%}"
+    n = ((64 - 16) // 16 + 1) ** 2  # 4×4 positions
+    assert values["Positions evaluated"] == f"{n}/{n}"
+    assert len(at.main.image) == 3  # drop map, probability map, feature-map drop
+    assert len(at.get("download_button")) >= 3
+    assert any("mode **exact**" in x.value for x in at.markdown)
+
+    at.radio(key="occ_mode").set_value("approximate").run()
+    at.button(key="occ_go").click().run()
+    assert_clean(at)
+    assert any("**approximate**" in x.value for x in at.markdown)
