@@ -124,6 +124,47 @@ def _content_term(features: torch.Tensor, target: torch.Tensor) -> tuple[float, 
 
 # --- extractors ----------------------------------------------------------------------------
 
+class _ImageConv(torch.autograd.Function):
+    """A stride-1 convolution of the image whose input gradient is one matmul and a col2im.
+
+    ∂L/∂x = fold(Wᵀ·∂L/∂y): with 3 output channels oneDNN's own backward is several times slower
+    than the whole forward convolution; here it is an (H·W × C_out)·(C_out × 3k²) product.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(weight)
+        ctx.size, ctx.padding = x.shape[-2:], padding
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        c_out, k = weight.shape[0], weight.shape[-1]
+        rows = grad.permute(0, 2, 3, 1).reshape(-1, c_out)  # a view when grad is channels_last
+        cols = rows @ weight.reshape(c_out, -1).to(rows.dtype)
+        image_grad = F.fold(cols.T.unsqueeze(0), tuple(ctx.size), k, padding=ctx.padding)
+        return image_grad, None, None, None
+
+
+def image_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for an image being optimized, with the cheap input gradient of ``_ImageConv``."""
+    simple = (
+        x.requires_grad and not conv.weight.requires_grad and x.shape[0] == 1
+        and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+        and conv.kernel_size[0] == conv.kernel_size[1]
+        and conv.padding[0] == conv.padding[1] and not isinstance(conv.padding, str)
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+    if not simple:
+        return conv(x)
+    padding = conv.padding[0]
+    if conv.padding_mode != "zeros" and padding:
+        x = F.pad(x, (padding,) * 4, mode=conv.padding_mode)
+        padding = 0
+    return _ImageConv.apply(x, conv.weight, conv.bias, padding)
+
+
 class SequentialFeatures(nn.Module):
     """A feature network whose layers run in order (VGG's ``features``), stopping early."""
 
@@ -135,8 +176,8 @@ class SequentialFeatures(nn.Module):
         """Outputs of ``layers`` (dotted names); nothing after the last of them is computed."""
         wanted = set(layers)
         out: dict[str, torch.Tensor] = {}
-        for name, module in self.features.named_children():
-            x = module(x)
+        for index, (name, module) in enumerate(self.features.named_children()):
+            x = image_conv(module, x) if index == 0 and isinstance(module, nn.Conv2d) else module(x)
             key = f"features.{name}"
             if key in wanted:
                 out[key] = x
@@ -179,7 +220,7 @@ class RandomMultiScale(nn.Module):
                 continue
             h = x
             for sub, module in branch.named_children():
-                h = module(h)
+                h = image_conv(module, h) if isinstance(module, nn.Conv2d) else module(h)
                 if f"{prefix}.{sub}" in wanted:
                     out[f"{prefix}.{sub}"] = h
         return out
@@ -501,11 +542,12 @@ def style_transfer(
 ) -> Generator[StyleStep, None, StyleStep]:
     """Gatys et al. 2015 style transfer as a generator of previews.
 
-    Yields a ``StyleStep`` every ``preview_every`` steps and a final one (``done=True``), which is
-    also the generator's return value. Closing the generator (or ``stop()`` returning true, which
-    is checked between steps) ends the run between two steps; with ``stop`` the last yield is
-    the result so far. Each step is one evaluation of the objective and its gradient (L-BFGS
-    runs one iteration per step, no line search, as the PyTorch tutorial does).
+    Yields a ``StyleStep`` every ``preview_every`` steps and a final one (``done=True``): the best
+    image evaluated (or the last iterate, if better), also the generator's return value.
+    Closing the generator (or ``stop()`` returning true, which is checked between steps) ends
+    the run between two steps; with ``stop`` the last yield is the result so far. Each step is
+    one evaluation of the objective and its gradient (L-BFGS runs one iteration per step, no
+    line search, as the PyTorch tutorial does).
 
     Args:
         content, style: RGB uint8 H×W×3 images (any size; the style is resized to the output).
@@ -562,6 +604,9 @@ def style_transfer(
         opt = torch.optim.Adam([image], lr=lr or 0.02)
 
     last: dict[str, float] = {}
+    # L-BFGS without line search is not monotone (the tutorial's loss jumps now and then): the
+    # result is the best image evaluated, so it is never worse than an earlier preview.
+    best: dict[str, object] = {"total": math.inf}
 
     def closure() -> torch.Tensor:
         # Clamping before each evaluation keeps the image valid, as in the PyTorch tutorial.
@@ -569,10 +614,12 @@ def style_transfer(
             image.clamp_(0, 1)
         opt.zero_grad(set_to_none=False)
         last.update(objective.evaluate(image, backward=True))
+        if last["total"] < best["total"]:
+            best.update(total=last["total"], losses=dict(last), image=image.detach().clone())
         return torch.tensor(last["total"])
 
-    def preview() -> np.ndarray:
-        out = _to_image(image)
+    def picture(x: torch.Tensor) -> np.ndarray:
+        out = _to_image(x)
         return _with_chroma(out, content_img) if preserve_color else out
 
     stopped = False
@@ -583,11 +630,14 @@ def style_transfer(
             break
         opt.step(closure)
         if step % preview_every == 0 and step < steps:
-            yield StyleStep(step=step, image=preview(), losses=dict(last))
+            yield StyleStep(step=step, image=picture(image), losses=dict(last))
     with torch.no_grad():
         image.clamp_(0, 1)
         final_losses = objective.evaluate(image, backward=False)
-    result = StyleStep(step=step, image=preview(), losses=final_losses, done=True, stopped=stopped)
+    if final_losses["total"] <= best["total"]:
+        best.update(losses=final_losses, image=image.detach())
+    result = StyleStep(step=step, image=picture(best["image"]), losses=best["losses"], done=True,
+                       stopped=stopped)
     yield result
     return result
 
