@@ -40,6 +40,9 @@ MODES = ("exact", "approximate", "full")
 COARSE_STEP = 2
 REFINE_FRACTION = 0.2
 CAP_FRACTION = 0.5
+# Grids with fewer positions per side than this are evaluated whole (interpolating a coarse
+# sub-grid of a few cells loses the picture).
+DRILL_DOWN_MIN = 12
 
 
 @dataclass(frozen=True)
@@ -326,7 +329,8 @@ def occlusion(
         scores = np.full(grid.shape, np.nan)
         features = np.full(grid.shape, np.nan)
         all_cells = [(iy, ix) for iy in range(grid.shape[0]) for ix in range(grid.shape[1])]
-        if evaluator.mode == "approximate":
+        drill_down = evaluator.mode == "approximate" and min(grid.shape) >= DRILL_DOWN_MIN
+        if drill_down:
             stages, planned = _drill_down_stages(grid)
         else:
             stages, planned = [lambda _scores: all_cells], len(all_cells)
@@ -354,7 +358,7 @@ def occlusion(
 
     evaluated = ~np.isnan(scores)
     approximate = evaluator.mode == "approximate"
-    if approximate and complete:
+    if drill_down and complete:
         estimated = _interpolate(scores, evaluated)
     else:
         estimated = scores
@@ -371,6 +375,7 @@ def occlusion(
         "patch": patch, "stride": stride, "baseline": baseline,
         "mode": evaluator.mode,
         "approximate": approximate,
+        "drill_down": drill_down,
         "evaluated": int(evaluated.sum()),
         "total_positions": int(scores.size),
         "complete": complete,
@@ -386,7 +391,7 @@ def occlusion(
     if mode != "full":
         info["nodes"] = dict(evaluator.stats)
     if layer is not None:
-        feature_est = _interpolate(features, evaluated) if approximate and complete else features
+        feature_est = _interpolate(features, evaluated) if drill_down and complete else features
         feature_drop = clean_total - feature_est
         info.update(channel=int(channel), feature_clean=clean_total,
                     feature_grid=feature_est.astype(np.float32),
