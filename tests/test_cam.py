@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from conftest import HAND_FC_W, HAND_IMAGE, random_image, zoo_model
+from support import HAND_FC_W, HAND_IMAGE, random_image, zoo_model
 from test_deconvnet import CAPTUM_CASES, assert_close_rel, hand_forward, model_for_captum
 
 from vizkit.cam import cam, grad_cam, grad_cam_pp
@@ -149,3 +149,13 @@ def test_grad_cam_top_prediction_and_other_layer(hand_cnn):
     assert top.target == 0   # logits (13, -0.5)
     pooled = grad_cam(hand_cnn, HAND_IMAGE, 1, layer="pool")
     assert pooled.layer == "pool" and pooled.raw.shape == (2, 2)
+
+
+@pytest.mark.xfail(reason="vizkit/__init__.py: importing the submodule vizkit.cam binds the package "
+                   "attribute 'cam' to the module, shadowing the lazy function (likewise activations, "
+                   "deconvnet, occlusion, predict); to be fixed in __init__.py by its owner")
+def test_public_name_is_the_function_after_the_submodule_import():
+    import vizkit
+    import vizkit.cam  # noqa: F401
+
+    assert vizkit.cam is cam

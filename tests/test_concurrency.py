@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
+from support import random_image
 from torch import nn
 
 from vizkit.activations import activations

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import random_image, zoo_model
+from support import random_image, zoo_model
 
 from vizkit.correspondence import (
     PARTS,

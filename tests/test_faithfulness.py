@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SPEC, random_image
+from support import TINY_SPEC, random_image
 from torch import nn
 
 from vizkit.faithfulness import deletion_insertion

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
+from support import random_image
 
 import vizkit.filters as filters
 from vizkit.data import bundled_subset

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
+from support import random_image
 from test_concurrency import assert_no_hooks, assert_same_state, module_state
 
 from vizkit import style as vs

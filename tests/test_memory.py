@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SPEC, make_tiny_cnn
+from support import TINY_SPEC, make_tiny_cnn
 
 from vizkit.filters import maximize_activation
 from vizkit.hooks import hook_count
@@ -31,7 +31,7 @@ import gc, json, os, sys
 import numpy as np
 import torch
 sys.path.insert(0, "tests")
-from conftest import random_image
+from support import random_image
 from vizkit.activations import activations
 from vizkit.cam import cam, grad_cam, grad_cam_pp
 from vizkit.deconvnet import deconvnet, guided_backprop, saliency

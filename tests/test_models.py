@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
+from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
 
 from vizkit.models import (
     FASHION_CLASSES,

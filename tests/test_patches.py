@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import random_image, zoo_model
+from support import random_image, zoo_model
 from PIL import Image
 
 from vizkit.__main__ import main

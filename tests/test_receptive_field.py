@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import zoo_model
+from support import zoo_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 

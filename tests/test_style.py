@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
 from PIL import Image
+from support import random_image
 
 from vizkit import style as vs
 from vizkit.textures import landscape
@@ -292,6 +292,8 @@ def test_cli_writes_a_png_without_metadata(tmp_path, capsys):
     with Image.open(out) as im:
         assert im.size == (40, 40) and im.mode == "RGB" and not im.info.get("secret")
     assert "Random multi-scale" in capsys.readouterr().out
+    assert main(["style", str(content), str(tmp_path / "missing.png"), "--out", str(out)]) == 2
+    assert "missing.png" in capsys.readouterr().err
 
 
 def _with_text(key: str, value: str):

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import zoo_model
+from support import zoo_model
 from safetensors.torch import save_file
 
 from vizkit import models

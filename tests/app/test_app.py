@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 import pytest
-from conftest import ROOT, assert_clean, open_page
+from app_support import ROOT, assert_clean, open_page
 
 import app
 

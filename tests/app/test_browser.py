@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from app_support import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "docs" / "screenshots"
@@ -87,11 +87,15 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server):
+def page(browser, server, request):
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
     yield pg
+    try:  # the last state of every test, for diagnosing a failure (git-ignored)
+        pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True, timeout=30_000)
+    except Exception:  # noqa: BLE001 - a diagnostic must not hide the test's own result
+        pass
     context.close()
 
 

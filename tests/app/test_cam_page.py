@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean, open_page
+from app_support import assert_clean, open_page
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import assert_clean, open_page
+from app_support import assert_clean, open_page
 
 
 @pytest.mark.slow

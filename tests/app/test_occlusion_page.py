@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ROOT, assert_clean, open_page
+from app_support import ROOT, assert_clean, open_page
 
 import vizkit as vk
 

@@ -1,0 +1,106 @@
+"""Test helpers shared by the test modules (import as ``from support import ...``).
+
+A module of its own, not conftest.py: tests/ and tests/app/ each have a conftest.py, and
+``from conftest import`` would pick whichever pytest imported last.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+# No test may touch the network: zoo weights resolve into an empty temporary cache.
+os.environ.setdefault("TORCH_HOME", "/nonexistent-vizkit-test-torch-home")
+
+from vizkit.models import ModelSpec, load_model  # noqa: E402
+
+
+def make_tiny_cnn(seed: int = 0) -> nn.Module:
+    """conv(3→4, 3×3) → ReLU → maxpool 2 → conv(4→6, 3×3) → ReLU → GAP → linear(6→3)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 4, 3, padding=1)),
+        ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(4, 6, 3, padding=1)),
+        ("relu2", nn.ReLU()),
+        ("gap", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(6, 3)),
+    ]))
+    return net
+
+
+TINY_SPEC = ModelSpec(
+    name="tiny", title="tiny test CNN", input_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+    cam_layer="relu2", classes=("a", "b", "c"), builder=make_tiny_cnn,
+)
+
+
+_ZOO_CACHE: dict[str, object] = {}
+
+
+def zoo_model(name: str):
+    """A registry model with seeded random weights (weights=None), shared within the session.
+
+    Tests that share it must leave it as they found it; the hook-hygiene tests check that.
+    """
+    if name not in _ZOO_CACHE:
+        torch.manual_seed(0)
+        _ZOO_CACHE[name] = load_model(name, device="cpu", weights=None)
+    return _ZOO_CACHE[name]
+
+
+def random_image(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
+    """A seeded random RGB uint8 image with some structure (smooth blobs plus noise)."""
+    rng = np.random.default_rng(seed)
+    low = rng.random((max(h // 8, 2), max(w // 8, 2), 3))
+    img = np.kron(low, np.ones((8, 8, 1)))[:h, :w]
+    img = np.pad(img, ((0, max(0, h - img.shape[0])), (0, max(0, w - img.shape[1])), (0, 0)), mode="edge")
+    img = 0.8 * img + 0.2 * rng.random((h, w, 3))
+    return (img * 255).astype(np.uint8)
+
+
+# A hand-set CNN whose maps can be computed by hand (tests/test_deconvnet.py, tests/test_cam.py):
+# conv(3→2, 2×2, integer weights) → maxpool(2, stride 1) → ReLU → GAP → linear(2→2), on a 4×4
+# image fed unnormalized (std = 1/255, so the input tensor equals the uint8 pixel values).
+HAND_CONV_W = np.array([
+    [[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[0, 0], [0, 0]]],
+    [[[-1, 1], [0, 0]], [[0, 0], [1, -1]], [[1, 0], [0, 0]]],
+], dtype=np.float32)
+HAND_CONV_B = np.array([0, -2], dtype=np.float32)
+HAND_FC_W = np.array([[2, -1], [-1, 3]], dtype=np.float32)
+HAND_FC_B = np.array([0, 1], dtype=np.float32)
+HAND_IMAGE = np.array([
+    [[1, 0, 2], [3, 1, 0], [0, 2, 1], [2, 2, 0]],
+    [[0, 3, 1], [1, 0, 2], [4, 1, 0], [0, 0, 3]],
+    [[2, 1, 0], [0, 0, 1], [1, 3, 2], [3, 0, 1]],
+    [[1, 1, 1], [2, 0, 0], [0, 1, 3], [1, 4, 0]],
+], dtype=np.uint8)
+
+
+def make_hand_cnn() -> nn.Module:
+    net = nn.Sequential(OrderedDict([
+        ("conv", nn.Conv2d(3, 2, 2)),
+        ("pool", nn.MaxPool2d(2, stride=1)),
+        ("relu", nn.ReLU(inplace=True)),
+        ("gap", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(2, 2)),
+    ]))
+    with torch.no_grad():
+        net.conv.weight.copy_(torch.from_numpy(HAND_CONV_W))
+        net.conv.bias.copy_(torch.from_numpy(HAND_CONV_B))
+        net.fc.weight.copy_(torch.from_numpy(HAND_FC_W))
+        net.fc.bias.copy_(torch.from_numpy(HAND_FC_B))
+    return net
+
+
+HAND_SPEC = ModelSpec(
+    name="hand", title="hand-set CNN", input_size=4, mean=(0.0, 0.0, 0.0),
+    std=(1 / 255, 1 / 255, 1 / 255), cam_layer="relu", classes=("x", "y"), builder=make_hand_cnn,
+)
