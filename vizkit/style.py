@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Sequence
@@ -680,13 +681,18 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from vizkit.images import load_image
+    from vizkit.images import ImageError, load_image
+    from vizkit.weights import WeightsError
 
-    content = load_image(args.content)
     bundled = style_images()
-    style = load_image(bundled[args.style] if args.style in bundled else args.style)
     name = default_extractor() if args.extractor == "auto" else args.extractor
-    extractor = get_extractor(name, args.device)
+    try:
+        content = load_image(args.content)
+        style = load_image(bundled[args.style] if args.style in bundled else args.style)
+        extractor = get_extractor(name, args.device)
+    except (ImageError, WeightsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"extractor: {extractor.title}")
     runner = style_transfer(
         content, style, extractor=extractor, content_layers=args.content_layers,
