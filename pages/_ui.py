@@ -25,6 +25,7 @@ import streamlit as st
 
 import vizkit as vk
 from vizkit import render
+from vizkit.images import safe_filename
 from vizkit.models import get_spec, weights_available
 from vizkit.predict import predict
 from vizkit.receptive_field import summarize
@@ -49,6 +50,26 @@ SOURCE_UPLOAD = "Upload"
 
 USER_ERRORS = (ValueError, vk.ImageError, vk.WeightsError)
 log = logging.getLogger("vizkit.app")
+
+
+def _leave_legacy_pages_mode() -> None:
+    """Makes a fresh server's first visit to a page URL go through app.py's ``st.navigation``.
+
+    Because a ``pages/`` folder exists, Streamlit starts in its v1 multipage mode and, until
+    some session has called ``st.navigation``, runs a page file like /occlusion on its own:
+    no sidebar, a navigation of file names. Every page imports this module, so flipping the
+    flag here and rerunning sends that first visit through app.py like all later ones.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a future Streamlit without the v1 mode
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_legacy_pages_mode()
 
 
 @dataclass(frozen=True)
@@ -322,8 +343,8 @@ def stored(page: str, m: vk.LoadedModel, picked: Picked | None) -> Any | None:
 
 def safe_name(*parts: object) -> str:
     """A download filename built from our own parts only (user filenames are untrusted)."""
-    text = "-".join(str(p) for p in parts if p is not None and str(p) != "")
-    return (re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "vizkit")[:120] + ".png"
+    text = "-".join(re.sub(r"[^A-Za-z0-9-]+", "_", str(p)) for p in parts if p is not None and str(p) != "")
+    return safe_filename(text, suffix=".png", default="vizkit")
 
 
 def download(img: np.ndarray, filename: str, key: str, label: str = "Download PNG") -> None:
