@@ -158,7 +158,7 @@ def _style_of(ext: vs.FeatureExtractor, img: np.ndarray, style: np.ndarray) -> f
         return float(sum(naive_style(f[k], vs.gram_matrix(s[k])) for k in ext.style_layers))
 
 
-@pytest.mark.parametrize("name", ["random-multiscale", "vgg19"])
+@pytest.mark.parametrize("name", ["random-multiscale", pytest.param("vgg19", marks=pytest.mark.slow)])
 def test_thirty_steps_halve_the_loss_and_beat_the_content_style(name, multiscale, vgg_random):
     ext = multiscale if name == "random-multiscale" else vgg_random
     if name == "vgg19":  # up to relu3_1 (features.11), which keeps the test short
