@@ -109,6 +109,9 @@ def layer_features(
         logits: also return the model's outputs.
         batch_size: images per forward pass.
         progress: called as ``progress(done, total)`` after each batch.
+
+    Without ``logits`` the forward stops once every layer has run, so a module called several
+    times per forward (ResNet's shared ReLU) gives its first call there, its last with ``logits``.
     """
     layers = list(dict.fromkeys(layers))
     if not layers:
