@@ -171,14 +171,14 @@ def test_fashion_channels_beat_the_bundled_scenes_fivefold(fashion):
     activation over the bundled held-out scenes."""
     scenes = bundled_subset()
     spec = fashion.spec
-    upto = list(dict(fashion.module.features.named_children())).index("relu4") + 1
+    upto = len(fashion.module.features)  # through relu5
     data_mean = torch.cat([
         _channel_mean_by_slicing(fashion.module.features, upto, scenes.images[i:i + 250], spec.mean, spec.std)
         for i in range(0, len(scenes), 250)
     ]).mean(0)
     order = torch.argsort(data_mean, descending=True)
-    channels = [int(order[i]) for i in (0, 10, 40, 80)]
-    r = maximize_activation(fashion, "features.relu4", channels, steps=64, size=64)
+    channels = [int(order[i]) for i in (0, 10, 40, 80, 160)]  # from the most broadly active down
+    r = maximize_activation(fashion, "features.relu5", channels, steps=48, size=64, lr=0.1)
     oracle = _channel_mean_by_slicing(fashion.module.features, upto, r.images, spec.mean, spec.std)
     got = oracle[torch.arange(len(channels)), torch.tensor(channels)]
-    assert (got >= 5 * data_mean[channels]).all(), (got, data_mean[channels])
+    assert (got >= 5 * data_mean[channels]).all(), (got / data_mean[channels])

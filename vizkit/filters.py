@@ -21,7 +21,13 @@ from torch import nn
 
 from vizkit import render
 from vizkit.devices import is_out_of_memory
-from vizkit.hooks import capture_outputs, find_layer, preserve_state
+from vizkit.hooks import (
+    FunctionalReLUError,
+    capture_outputs,
+    find_layer,
+    preserve_state,
+    rectifier_override,
+)
 from vizkit.models import LoadedModel
 
 # Square root of ImageNet's colour covariance (Olah et al. 2017, lucid's color_correlation_svd_sqrt):
@@ -236,6 +242,7 @@ def maximize_activation(
     degrees: float = 10.0,
     l2: float = 0.0,
     tv: float = 0.0,
+    redirect: int = 16,
     batch_size: int | None = None,
     seed: int = 0,
 ) -> Maximization:
@@ -259,6 +266,8 @@ def maximize_activation(
         jitter, scale, degrees: transformation robustness (``jitter=0, scale=(1, 1),
             degrees=0`` turns it off).
         l2, tv: weights of the L2 and total-variation penalties.
+        redirect: first steps (at most half) with redirected rectifiers, so silent channels
+            get a gradient.
         batch_size: images per batch (default: from the device).
         seed: seeds initialization and transformations.
     """
@@ -288,7 +297,7 @@ def maximize_activation(
             try:
                 imgs, steps_done, stopped = _optimize(
                     m, layer, chunk, steps, size, progress, done_steps_before, total, lr, fourier,
-                    decorrelate, jitter, scale, degrees, l2, tv, generator,
+                    decorrelate, jitter, scale, degrees, l2, tv, min(redirect, steps // 2), generator,
                 )
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 if not is_out_of_memory(error) or batch == 1:
@@ -313,7 +322,8 @@ def maximize_activation(
         scores=np.concatenate(scores).astype(np.float32), steps=steps_done, stopped=stopped,
         batch_size=batch,
         info={"size": size, "lr": lr, "fourier": fourier, "decorrelate": decorrelate,
-              "jitter": jitter, "scale": scale, "degrees": degrees, "l2": l2, "tv": tv, "seed": seed},
+              "jitter": jitter, "scale": scale, "degrees": degrees, "l2": l2, "tv": tv,
+              "redirect": redirect, "seed": seed},
     )
 
 
@@ -326,23 +336,38 @@ def _count_channels(m: LoadedModel, layer: str, size: int) -> int:
 
 
 def _optimize(m, layer, chunk, steps, size, progress, before, total, lr, fourier, decorrelate,
-              jitter, scale, degrees, l2, tv, generator) -> tuple[torch.Tensor, int, bool]:
+              jitter, scale, degrees, l2, tv, redirect, generator) -> tuple[torch.Tensor, int, bool]:
     """Runs one batch; returns its [0, 1] images, the steps done, and whether it was stopped."""
     image = _Image(len(chunk), size, fourier, decorrelate, generator).to(m.device)
     optimizer = torch.optim.Adam(image.parameters(), lr=lr)
     target = torch.tensor(chunk, device=m.device)
     robust = jitter > 0 or scale != (1.0, 1.0) or degrees > 0
+    params = list(image.parameters())
     done, stopped = 0, False
     for step in range(steps):
-        optimizer.zero_grad(set_to_none=True)
         x = image()
         seen = _robustness(x, jitter, scale, degrees, generator) if robust else x
-        objective = _channel_means(m, layer, seen, target)
+        objective = None
+        if step < redirect:
+            # Olah et al. 2017's redirected ReLU, here the deconvnet rule max(g, 0): rectifiers
+            # pass positive gradients even where they are off, so a channel silent on the first
+            # grey image still gets a signal. Models rectifying with F.relu cannot; they skip it.
+            try:
+                with rectifier_override(m.module, "deconvnet"):
+                    objective = _channel_means(m, layer, seen, target)
+            except FunctionalReLUError:
+                redirect = 0
+        if objective is None:
+            objective = _channel_means(m, layer, seen, target)
         if l2:
             objective = objective - l2 * (x - 0.5).pow(2).mean((1, 2, 3))
         if tv:
             objective = objective - tv * _total_variation(x)
-        (-objective.sum()).backward()
+        # Ascent: the gradient of the objective itself, so a redirected rectifier's max(g, 0)
+        # keeps exactly the directions that raise it.
+        grads = torch.autograd.grad(objective.sum(), params)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = -g
         optimizer.step()
         done = step + 1
         if progress is not None and progress(before + done, total) is False:
