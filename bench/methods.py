@@ -1,0 +1,87 @@
+"""vizkit's gradient methods against captum, side by side in one run.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/methods.py [--model resnet18] [--runs 7]
+
+For each method: the median wall time of vizkit's call (image in, Explanation out, preprocessing
+included) and of captum's (preprocessing + attribute + map reduction), and the ratio
+captum/vizkit (> 1: vizkit is faster). The model has seeded random weights (timing does not
+depend on them; no network needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from captum.attr import Deconvolution, GuidedBackprop, LayerAttribution, LayerGradCam, Saliency  # noqa: E402
+
+from vizkit.cam import grad_cam  # noqa: E402
+from vizkit.deconvnet import deconvnet, guided_backprop, saliency  # noqa: E402
+from vizkit.hooks import find_layer  # noqa: E402
+from vizkit.models import load_model  # noqa: E402
+
+
+def median_seconds(fn, runs: int) -> float:
+    fn()   # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--target", type=int, default=3)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", module="captum")
+    torch.manual_seed(0)
+    m = load_model(args.model, device="cpu", weights=None)
+    size = m.input_size
+    img = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
+    t = args.target
+    net = m.module
+    layer = find_layer(net, m.spec.cam_layer)
+
+    def captum_map(attr):
+        return attr.detach()[0].abs().amax(0).numpy()
+
+    def x():
+        return m.preprocess(img).requires_grad_(True)
+
+    cases = {
+        "saliency": (lambda: saliency(m, img, t),
+                     lambda: captum_map(Saliency(net).attribute(x(), target=t, abs=True))),
+        "guided_backprop": (lambda: guided_backprop(m, img, t),
+                            lambda: captum_map(GuidedBackprop(net).attribute(x(), target=t))),
+        "deconvnet": (lambda: deconvnet(m, img, target=t),
+                      lambda: captum_map(Deconvolution(net).attribute(x(), target=t))),
+        "grad_cam": (lambda: grad_cam(m, img, t),
+                     lambda: LayerAttribution.interpolate(
+                         LayerGradCam(net, layer).attribute(x(), target=t, relu_attributions=True),
+                         (size, size), "bilinear").detach()[0, 0].numpy()),
+    }
+    print(f"{args.model} at {size}×{size}, device cpu, torch threads {torch.get_num_threads()}, "
+          f"median of {args.runs} runs")
+    print(f"{'method':<16} {'vizkit ms':>10} {'captum ms':>10} {'captum/vizkit':>14}")
+    for name, (ours, theirs) in cases.items():
+        a = median_seconds(ours, args.runs)
+        b = median_seconds(theirs, args.runs)
+        print(f"{name:<16} {a * 1e3:>10.1f} {b * 1e3:>10.1f} {b / a:>14.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
