@@ -9,8 +9,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from support import random_image, zoo_model
 from PIL import Image
+from support import random_image, zoo_model
 
 from vizkit.__main__ import main
 from vizkit.data import Scenes
