@@ -105,8 +105,15 @@ def open_app(pg, server: str, path: str = "") -> None:
     pg.locator("h1").first.wait_for()
 
 
+SETTLED = """() => !document.querySelector('[data-testid="stStatusWidgetRunningIcon"]')
+    && !document.querySelector('[data-testid="stStatusWidgetRunningManIcon"]')
+    && !document.querySelector('[data-testid="stSkeleton"]')
+    && Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"""
+
+
 def finish(pg, name: str) -> None:
-    """No exception element on the page; then the screenshot for the README."""
+    """Once the run is over and every picture has loaded: no exception element; the screenshot."""
+    pg.wait_for_function(SETTLED, polling=250)
     assert pg.locator('[data-testid="stException"]').count() == 0, pg.locator(
         '[data-testid="stException"]').first.inner_text()
     assert pg.locator('[data-testid="stAlertContentError"]').count() == 0, pg.locator(
