@@ -151,9 +151,6 @@ def test_grad_cam_top_prediction_and_other_layer(hand_cnn):
     assert pooled.layer == "pool" and pooled.raw.shape == (2, 2)
 
 
-@pytest.mark.xfail(reason="vizkit/__init__.py: importing the submodule vizkit.cam binds the package "
-                   "attribute 'cam' to the module, shadowing the lazy function (likewise activations, "
-                   "deconvnet, occlusion, predict); to be fixed in __init__.py by its owner")
 def test_public_name_is_the_function_after_the_submodule_import():
     import vizkit
     import vizkit.cam  # noqa: F401

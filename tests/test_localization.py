@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import vizkit.cam as cam_module
+from vizkit.cam import cam, grad_cam
 from vizkit.data import Scenes, bundled_subset
 from vizkit.localization import point_in_box, pointing_game
 from vizkit.occlusion import occlusion
@@ -28,7 +28,7 @@ def test_pointing_game_counts_only_correct_scenes(fashion):
     wrong = Scenes(scenes.images, (scenes.labels + 1) % 10, scenes.boxes)
 
     def explain(m, img, label):
-        return cam_module.cam(m, img, label)
+        return cam(m, img, label)
 
     right = pointing_game(fashion, scenes, explain, "cam")
     none = pointing_game(fashion, wrong, explain, "cam")
@@ -41,8 +41,8 @@ def test_pointing_game_counts_only_correct_scenes(fashion):
 @pytest.mark.parametrize(
     "method,explain",
     [
-        ("cam", lambda m, img, t: cam_module.cam(m, img, t)),
-        ("grad_cam", lambda m, img, t: cam_module.grad_cam(m, img, t)),
+        ("cam", lambda m, img, t: cam(m, img, t)),
+        ("grad_cam", lambda m, img, t: grad_cam(m, img, t)),
         ("occlusion", lambda m, img, t: occlusion(m, img, t, patch=12, stride=4, baseline="mean")),
     ],
 )

@@ -4,6 +4,7 @@ inference on every registry model and on odd geometries, hook hygiene, OOM retry
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import threading
 
 import numpy as np
@@ -399,7 +400,7 @@ def test_approximate_is_flagged_and_evaluates_fewer_positions():
 
 def test_drill_down_evaluates_exact_values_where_it_looks(monkeypatch):
     """Without projective-field thresholding, every evaluated position is the exact value."""
-    import vizkit.occlusion as occlusion_module
+    occlusion_module = importlib.import_module("vizkit.occlusion")
 
     monkeypatch.setattr(occlusion_module, "CAP_FRACTION", None)
     m = all_ops_model(32)

@@ -1,7 +1,8 @@
 """vizkit: see inside convolutional networks.
 
-The public API (see DESIGN.md) is imported lazily so that ``import vizkit`` stays light and
-never pulls in streamlit.
+The public API (see DESIGN.md). Functions that share their module's name (``vizkit.cam.cam``)
+are imported eagerly: a lazy name would be shadowed by the submodule as soon as anything imported
+it, and ``vk.cam(...)`` would call a module. The rest loads on first use.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from vizkit.images import ImageError, load_image
 from vizkit.models import LoadedModel, list_models, load_model
 from vizkit.weights import WeightsError
 
+# Eager, in this order, so that the package attribute is the function, not the submodule.
+from vizkit.activations import activations  # noqa: E402, I001 - after the plain imports
+from vizkit.cam import cam  # noqa: E402
+from vizkit.correspondence import correspondence  # noqa: E402
+from vizkit.deconvnet import deconvnet  # noqa: E402
+from vizkit.invariance import invariance  # noqa: E402
+from vizkit.occlusion import occlusion  # noqa: E402
+from vizkit.predict import predict  # noqa: E402
+
 _LAZY = {
-    "predict": "vizkit.predict",
-    "activations": "vizkit.activations",
-    "deconvnet": "vizkit.deconvnet",
     "guided_backprop": "vizkit.deconvnet",
     "saliency": "vizkit.deconvnet",
-    "occlusion": "vizkit.occlusion",
-    "cam": "vizkit.cam",
     "grad_cam": "vizkit.cam",
     "grad_cam_pp": "vizkit.cam",
     "filter_weights": "vizkit.filters",
@@ -33,8 +38,6 @@ _LAZY = {
     "patch_grid": "vizkit.patches",
     "sanity_check": "vizkit.sanity",
     "style_transfer": "vizkit.style",
-    "invariance": "vizkit.invariance",
-    "correspondence": "vizkit.correspondence",
     "linear_probes": "vizkit.probes",
     "feature_evolution": "vizkit.evolution",
     "layer_features": "vizkit.features",
@@ -45,7 +48,8 @@ _LAZY = {
 
 __all__ = [
     "Activations", "Explanation", "ImageError", "LoadedModel", "WeightsError",
-    "list_models", "load_image", "load_model", *_LAZY,
+    "list_models", "load_image", "load_model", "activations", "cam", "correspondence", "deconvnet",
+    "invariance", "occlusion", "predict", *_LAZY,
 ]
 
 

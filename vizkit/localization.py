@@ -82,15 +82,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from vizkit import cam as cam_module
+    from vizkit.cam import cam, grad_cam, grad_cam_pp
     from vizkit.data import bundled_subset
     from vizkit.models import load_model
     from vizkit.occlusion import occlusion
 
     methods = {
-        "cam": lambda m, img, t: cam_module.cam(m, img, t),
-        "grad_cam": lambda m, img, t: cam_module.grad_cam(m, img, t),
-        "grad_cam_pp": lambda m, img, t: cam_module.grad_cam_pp(m, img, t),
+        "cam": lambda m, img, t: cam(m, img, t),
+        "grad_cam": lambda m, img, t: grad_cam(m, img, t),
+        "grad_cam_pp": lambda m, img, t: grad_cam_pp(m, img, t),
         "occlusion": lambda m, img, t: occlusion(m, img, t, patch=12, stride=4, baseline="mean"),
     }
     m = load_model(args.model)
