@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import importlib
 
+from vizkit.activations import activations
+from vizkit.cam import cam
+from vizkit.correspondence import correspondence
+from vizkit.deconvnet import deconvnet
 from vizkit.explanation import Activations, Explanation
 from vizkit.images import ImageError, load_image
+from vizkit.invariance import invariance
 from vizkit.models import LoadedModel, list_models, load_model
+from vizkit.occlusion import occlusion
+from vizkit.predict import predict
 from vizkit.weights import WeightsError
-
-# Eager, in this order, so that the package attribute is the function, not the submodule.
-from vizkit.activations import activations  # noqa: E402, I001 - after the plain imports
-from vizkit.cam import cam  # noqa: E402
-from vizkit.correspondence import correspondence  # noqa: E402
-from vizkit.deconvnet import deconvnet  # noqa: E402
-from vizkit.invariance import invariance  # noqa: E402
-from vizkit.occlusion import occlusion  # noqa: E402
-from vizkit.predict import predict  # noqa: E402
 
 _LAZY = {
     "guided_backprop": "vizkit.deconvnet",
