@@ -133,11 +133,6 @@ def test_maximize_activation_halves_its_batch_on_a_forward_out_of_memory():
     assert all(p.grad is None for p in m.module.parameters())
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "vizkit/filters.py (maximize_activation): the batch that ran out of memory has already drawn "
-    "image initializations from the seeded generator, so the retried, halved batches start from "
-    "a different random state. Fix: keep generator.get_state() before each _optimize attempt and "
-    "set_state() it back in the retry branch."))
 def test_maximize_activation_after_out_of_memory_equals_a_run_at_the_halved_batch():
     _, _, got, reference = _maximize_with_oom(**OOM_RUN)
     np.testing.assert_array_equal(got.images, reference.images)

@@ -294,6 +294,7 @@ def maximize_activation(
             chunk = pending[:batch]
             total = done_steps_before + steps * math.ceil(len(pending) / batch)
             out_of_memory = False
+            rng_state = generator.get_state()  # a retried batch must draw what this one drew
             try:
                 imgs, steps_done, stopped = _optimize(
                     m, layer, chunk, steps, size, progress, done_steps_before, total, lr, fourier,
@@ -304,6 +305,7 @@ def maximize_activation(
                     raise
                 out_of_memory = True
             if out_of_memory:  # retry outside the except block, so its frames are freed
+                generator.set_state(rng_state)
                 batch //= 2
                 if m.device.type == "cuda":
                     torch.cuda.empty_cache()
