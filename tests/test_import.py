@@ -40,7 +40,8 @@ def test_every_module_imports_without_streamlit_and_plain_import_is_lazy():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["failed"] == {}
     assert report["streamlit"] == []
-    assert "vizkit.style" not in report["light"] and "vizkit.occlusion" not in report["light"]
+    # Functions named like their module are eager (see vizkit/__init__.py); the rest stays lazy.
+    assert "vizkit.style" not in report["light"] and "vizkit.probes" not in report["light"]
 
 
 def test_no_vizkit_source_mentions_streamlit_imports():
@@ -52,9 +53,14 @@ def test_no_vizkit_source_mentions_streamlit_imports():
 
 @pytest.mark.parametrize("name", __import__("vizkit")._LAZY)
 def test_lazy_api_names_resolve(name):
+    import importlib
+
     import vizkit
 
-    assert callable(getattr(vizkit, name))
+    # Import the module first: once imported, a submodule named like the function
+    # (vizkit.receptive_field) shadows the package's lazy __getattr__.
+    importlib.import_module(vizkit._LAZY[name])
+    assert callable(getattr(vizkit, name)), f"vizkit.{name} is {getattr(vizkit, name)!r}"
 
 
 def test_cli_commands_resolve():

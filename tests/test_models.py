@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
 
+from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
 from vizkit.models import (
     FASHION_CLASSES,
     get_spec,

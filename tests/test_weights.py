@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from support import zoo_model
 from safetensors.torch import save_file
 
+from support import zoo_model
 from vizkit import models
 from vizkit.__main__ import main as cli_main
 from vizkit.models import get_spec, load_model, weights_available
@@ -300,7 +300,7 @@ def test_import_refuses_wrong_architecture(torch_home, tmp_path, monkeypatch):
 def test_weights_list_command_in_subprocess(tmp_path):
     env = {"TORCH_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "vizkit", "weights", "list"], capture_output=True,
-                            text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+                            text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=600)
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert names == models.list_models()
