@@ -521,6 +521,10 @@ class _Objective:
         return losses
 
 
+class _BudgetSpent(Exception):
+    """Raised by the closure when ``steps`` evaluations are done (ends a line search early)."""
+
+
 def style_transfer(
     content: np.ndarray,
     style: np.ndarray,
@@ -547,8 +551,9 @@ def style_transfer(
     image evaluated (or the last iterate, if better), also the generator's return value.
     Closing the generator (or ``stop()`` returning true, which is checked between steps) ends
     the run between two steps; with ``stop`` the last yield is the result so far. Each step is
-    one evaluation of the objective and its gradient (L-BFGS runs one iteration per step, no
-    line search, as the PyTorch tutorial does).
+    one evaluation of the objective and its gradient; L-BFGS uses a strong-Wolfe line search
+    whose evaluations count as steps too (``steps`` caps them all), and ``stop`` is checked
+    between two L-BFGS iterations.
 
     Args:
         content, style: RGB uint8 H×W×3 images (any size; the style is resized to the output).
@@ -598,45 +603,71 @@ def style_transfer(
         image = torch.rand((1, 3, *content_img.shape[:2]), generator=g).to(device)
     image.requires_grad_(True)
     if optimizer == "lbfgs":
+        # One L-BFGS iteration per opt.step() call, with a strong-Wolfe line search (Nocedal &
+        # Wright 2006, alg. 3.5): unlike the tutorial's fixed step it never accepts a point
+        # that raises the loss. The budget counts every closure evaluation, line search included.
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [image], lr=lr or 1.0, max_iter=1, tolerance_grad=1e-12, tolerance_change=1e-15,
+            [image], lr=lr or 1.0, max_iter=1, max_eval=steps + 1, tolerance_grad=1e-12,
+            tolerance_change=1e-15, line_search_fn="strong_wolfe",
         )
     else:
         opt = torch.optim.Adam([image], lr=lr or 0.02)
-
-    last: dict[str, float] = {}
-    # L-BFGS without line search is not monotone (the tutorial's loss jumps now and then): the
-    # result is the best image evaluated, so it is never worse than an earlier preview.
-    best: dict[str, object] = {"total": math.inf}
-
-    def closure() -> torch.Tensor:
-        # Clamping before each evaluation keeps the image valid, as in the PyTorch tutorial.
-        with torch.no_grad():
-            image.clamp_(0, 1)
-        opt.zero_grad(set_to_none=False)
-        last.update(objective.evaluate(image, backward=True))
-        if last["total"] < best["total"]:
-            best.update(total=last["total"], losses=dict(last), image=image.detach().clone())
-        return torch.tensor(last["total"])
 
     def picture(x: torch.Tensor) -> np.ndarray:
         out = _to_image(x)
         return _with_chroma(out, content_img) if preserve_color else out
 
+    last: dict[str, float] = {}
+    # The result is the best image evaluated (the line search's trial points included), so it
+    # is never worse than an earlier preview.
+    best: dict[str, object] = {"total": math.inf}
+    evals = [0]
+    pending: list[StyleStep] = []  # previews taken inside the closure, yielded after the step
+    # The last evaluation: each opt.step() starts by evaluating the point the previous line
+    # search accepted, which it has already evaluated; that one is answered from here, free.
+    cache: dict[str, object] = {}
+
+    def closure() -> torch.Tensor:
+        # Clamping before each evaluation keeps the image valid, as in the PyTorch tutorial.
+        with torch.no_grad():
+            image.clamp_(0, 1)
+        if "image" in cache and torch.equal(cache["image"], image):
+            image.grad.copy_(cache["grad"])
+            return torch.tensor(cache["total"])
+        if evals[0] >= steps:
+            raise _BudgetSpent
+        opt.zero_grad(set_to_none=False)
+        last.update(objective.evaluate(image, backward=True))
+        evals[0] += 1
+        if last["total"] < best["total"]:
+            best.update(total=last["total"], losses=dict(last), image=image.detach().clone())
+        if optimizer == "lbfgs":
+            cache.update(image=image.detach().clone(), grad=image.grad.clone(), total=last["total"])
+        if evals[0] % preview_every == 0 and evals[0] < steps:
+            pending.append(StyleStep(step=evals[0], image=picture(image), losses=dict(last)))
+        return torch.tensor(last["total"])
+
     stopped = False
-    step = 0
-    for step in range(1, steps + 1):
+    while evals[0] < steps:
         if stop is not None and stop():
-            stopped, step = True, step - 1
+            stopped = True
             break
-        opt.step(closure)
-        if step % preview_every == 0 and step < steps:
-            yield StyleStep(step=step, image=picture(image), losses=dict(last))
-    with torch.no_grad():
-        image.clamp_(0, 1)
-        final_losses = objective.evaluate(image, backward=False)
-    if final_losses["total"] <= best["total"]:
-        best.update(losses=final_losses, image=image.detach())
+        before = evals[0]
+        try:
+            opt.step(closure)
+        except _BudgetSpent:
+            pass
+        yield from pending
+        pending.clear()
+        if evals[0] == before:  # converged: L-BFGS asks for nothing new
+            break
+    step = evals[0]
+    if optimizer == "adam" or "image" not in best:  # Adam's last update is not evaluated yet
+        with torch.no_grad():
+            image.clamp_(0, 1)
+            final_losses = objective.evaluate(image, backward=False)
+        if final_losses["total"] <= best["total"]:
+            best.update(losses=final_losses, image=image.detach())
     result = StyleStep(step=step, image=picture(best["image"]), losses=best["losses"], done=True,
                        stopped=stopped)
     yield result
