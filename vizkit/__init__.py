@@ -19,6 +19,7 @@ from vizkit.invariance import invariance
 from vizkit.models import LoadedModel, list_models, load_model
 from vizkit.occlusion import occlusion
 from vizkit.predict import predict
+from vizkit.receptive_field import receptive_field
 from vizkit.weights import WeightsError
 
 _LAZY = {
@@ -29,7 +30,6 @@ _LAZY = {
     "filter_weights": "vizkit.filters",
     "maximize_activation": "vizkit.filters",
     "top_patches": "vizkit.patches",
-    "receptive_field": "vizkit.receptive_field",
     "summarize": "vizkit.receptive_field",
     "summary_table": "vizkit.receptive_field",
     "filter_grid": "vizkit.filters",
@@ -47,7 +47,7 @@ _LAZY = {
 __all__ = [
     "Activations", "Explanation", "ImageError", "LoadedModel", "WeightsError",
     "list_models", "load_image", "load_model", "activations", "cam", "correspondence", "deconvnet",
-    "invariance", "occlusion", "predict", *_LAZY,
+    "invariance", "occlusion", "predict", "receptive_field", *_LAZY,
 ]
 
 
