@@ -3,6 +3,7 @@ are at each layer."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -14,6 +15,18 @@ from vizkit.probes import fashion_probe_data, folder_probe_data, linear_probes, 
 PAGE = "zf_probes"
 SCENES = "FashionScenes (train scenes / bundled held-out scenes)"
 FOLDER = "A labelled image folder on this machine"
+# Web users may only read folders below this root (an operator's choice): a free path would let
+# anyone browse the server's file system.
+DATA_ROOT = os.environ.get("VIZKIT_DATA_ROOT", "")
+
+
+def labelled_folder(name: str) -> Path | None:
+    """``name`` below VIZKIT_DATA_ROOT, or None when there is no root or it escapes the root."""
+    if not DATA_ROOT:
+        return None
+    root = Path(DATA_ROOT).resolve()
+    path = (root / name.strip()).resolve()
+    return path if path.is_relative_to(root) and path.is_dir() else None
 
 
 @st.cache_data(show_spinner="Rendering the train scenes…", max_entries=2)
@@ -39,9 +52,13 @@ with c1:
         n_test = int(st.select_slider("Held-out scenes", [200, 500, 1000], value=1000, key="probe_test"))
         folder = ""
     else:
-        folder = st.text_input("Folder (folder/<class>/*.png)", key="probe_folder",
-                               help="A folder on the server with one subfolder per class; a quarter of "
-                                    "each class is held out for testing.")
+        if not DATA_ROOT:
+            st.info("Labelled folders are off: start the app with VIZKIT_DATA_ROOT=/path/to/datasets "
+                    "to offer the folders below that path.")
+        folder = st.text_input("Folder below VIZKIT_DATA_ROOT (folder/<class>/*.png)", key="probe_folder",
+                               disabled=not DATA_ROOT,
+                               help="A folder with one subfolder per class; a quarter of each class is "
+                                    "held out for testing.")
 with c2:
     names = ui.spatial_layers(m)
     layers = st.multiselect("Layers", names, default=[x for x in default_layers(m) if x in names],
@@ -59,11 +76,11 @@ if go:
 
     if source == SCENES:
         data = ui.attempt(fashion_data, n_train, n_test)
-    elif not Path(folder).expanduser().is_dir():
-        st.error(f"{folder} is not a folder on this machine.")
+    elif labelled_folder(folder) is None:
+        st.error("That is not a folder below VIZKIT_DATA_ROOT.")
         data = None
     else:
-        data = ui.attempt(folder_probe_data, Path(folder).expanduser())
+        data = ui.attempt(folder_probe_data, labelled_folder(folder))
     if data is not None:
         x_train, y_train, x_test, y_test, classes = data
         result = ui.attempt(linear_probes, m, x_train, y_train, x_test, y_test, layers, classes,
