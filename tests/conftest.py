@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from support import (  # noqa: F401 - re-exported for fixtures
     HAND_SPEC,
     TINY_SPEC,
@@ -16,7 +17,6 @@ from support import (  # noqa: F401 - re-exported for fixtures
     random_image,
     zoo_model,
 )
-
 from vizkit.models import get_spec, list_models, load_model, wrap_module
 
 

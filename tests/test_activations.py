@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support import HAND_IMAGE, random_image, zoo_model
 from test_deconvnet import hand_forward
 
+from support import HAND_IMAGE, random_image, zoo_model
 from vizkit.activations import activations
 from vizkit.hooks import hook_count
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from support import HAND_FC_W, HAND_IMAGE, random_image, zoo_model
 from test_deconvnet import CAPTUM_CASES, assert_close_rel, hand_forward, model_for_captum
 
+from support import HAND_FC_W, HAND_IMAGE, random_image, zoo_model
 from vizkit.cam import cam, grad_cam, grad_cam_pp
 from vizkit.hooks import find_layer, hook_count
 

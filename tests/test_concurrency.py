@@ -12,9 +12,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from support import random_image
 from torch import nn
 
+from support import random_image
 from vizkit.activations import activations
 from vizkit.cam import cam, grad_cam, grad_cam_pp
 from vizkit.deconvnet import deconvnet, guided_backprop, saliency

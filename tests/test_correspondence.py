@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from support import random_image, zoo_model
 
+from support import random_image, zoo_model
 from vizkit.correspondence import (
     PARTS,
     change_signs,

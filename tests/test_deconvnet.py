@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Deconvolution, GuidedBackprop, NeuronDeconvolution, Saliency
-from support import HAND_CONV_B, HAND_CONV_W, HAND_FC_W, HAND_IMAGE, random_image, zoo_model
 
+from support import HAND_CONV_B, HAND_CONV_W, HAND_FC_W, HAND_IMAGE, random_image, zoo_model
 from vizkit.deconvnet import deconvnet, guided_backprop, saliency
 from vizkit.hooks import FunctionalReLUError, find_layer, hook_count
 from vizkit.models import LoadedModel, load_model, weights_available

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
 from safetensors.torch import save_file
 
+from support import random_image
 from vizkit.evolution import evolution_picture, evolution_rows, feature_evolution, snapshot_paths
 from vizkit.filters import filter_grid, filter_weights
 from vizkit.models import FashionZF, load_model

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from support import TINY_SPEC, random_image
 from torch import nn
 
+from support import TINY_SPEC, random_image
 from vizkit.faithfulness import deletion_insertion
 from vizkit.models import wrap_module
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support import random_image
 
+from support import random_image
 from vizkit.features import batch_tensor, default_layers, layer_features, table_text, write_table
 from vizkit.hooks import hook_count
 

@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from support import random_image
 
 import vizkit.filters as filters
+from support import random_image
 from vizkit.data import bundled_subset
 from vizkit.filters import filter_grid, filter_weights, maximize_activation
 from vizkit.hooks import hook_count

@@ -12,8 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from support import random_image, zoo_model
 
+from support import random_image, zoo_model
 from vizkit.explanation import Explanation
 from vizkit.hooks import _HOOK_DICTS, FunctionalReLUError, find_layer, hook_count
 from vizkit.models import LoadedModel, list_models

@@ -13,9 +13,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from support import random_image
 from test_concurrency import assert_no_hooks, assert_same_state, module_state
 
+from support import random_image
 from vizkit import style as vs
 from vizkit.filters import maximize_activation
 from vizkit.models import load_model

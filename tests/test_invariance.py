@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support import random_image
 
+from support import random_image
 from vizkit.hooks import hook_count
 from vizkit.invariance import TRANSFORMS, invariance, invariance_figure, transform_image
 

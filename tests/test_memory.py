@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import TINY_SPEC, make_tiny_cnn
 
+from support import TINY_SPEC, make_tiny_cnn
 from vizkit.filters import maximize_activation
 from vizkit.hooks import hook_count
 from vizkit.models import wrap_module

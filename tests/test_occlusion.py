@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import Occlusion
-from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
 from torch import nn
 
 import vizkit.incremental as incremental
+from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
 from vizkit.hooks import hook_count
 from vizkit.models import LoadedModel, wrap_module
 from vizkit.occlusion import baseline_value, occlusion, patch_grid

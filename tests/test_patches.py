@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import random_image, zoo_model
 
+from support import random_image, zoo_model
 from vizkit.__main__ import main
 from vizkit.data import Scenes
 from vizkit.deconvnet import deconvnet

@@ -9,10 +9,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from support import zoo_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from support import zoo_model
 from vizkit.hooks import capture_outputs, hook_count
 from vizkit.models import get_spec, load_model, wrap_module
 from vizkit.receptive_field import receptive_field, summarize, summary_table

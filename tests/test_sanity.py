@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
-from support import random_image, zoo_model
 
+from support import random_image, zoo_model
 from vizkit.explanation import Explanation
 from vizkit.hooks import hook_count
 from vizkit.models import get_spec, load_model

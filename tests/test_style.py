@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import random_image
 
+from support import random_image
 from vizkit import style as vs
 from vizkit.textures import landscape
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 
 import pytest
-from app_support import ROOT, assert_clean, open_page
 
 import app
+from app_support import ROOT, assert_clean, open_page
 
 PAGE_FILES = [file for file, _, _ in app.PAGES if (ROOT / "pages" / file).is_file()]
 

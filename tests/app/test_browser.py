@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from app_support import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from app_support import assert_clean, open_page
 
 

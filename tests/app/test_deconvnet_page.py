@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from app_support import assert_clean, open_page
 
 

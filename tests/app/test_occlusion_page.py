@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from app_support import ROOT, assert_clean, open_page
 
 import vizkit as vk
+from app_support import ROOT, assert_clean, open_page
 
 
 @pytest.mark.slow

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_support import ROOT, open_page
 from PIL import Image
 
 import app
+from app_support import ROOT, open_page
 from vizkit.models import get_spec
 from vizkit.weights import zoo_checkpoint_path
 
