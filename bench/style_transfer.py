@@ -8,7 +8,8 @@ optimized by ``optim.LBFGS`` with a closure that clamps, runs the model, sums
 ``style_weight·Σ style + content_weight·Σ content`` and calls ``backward``.
 
 vizkit runs the same objective (same layers — features.7 is conv_4, features.0/2/5/7/10 are
-conv_1..conv_5 —, same weights, same number of closure evaluations, same start: the content
+conv_1..conv_5 —, same weights, same number of closure evaluations — counted here for both and
+printed; vizkit's L-BFGS line search spends from the same budget —, same start: the content
 image). Both run in one process on the same inputs, in alternating chunks of 20 evaluations so
 that a busy machine slows both alike. Both final images are scored by the reference's own loss
 modules. Random VGG weights (seeded) unless ``--weights default`` and the file is present.
@@ -171,9 +172,21 @@ def main() -> None:
     cnn[:11](warm).sum().backward()
     ext.module.features[:11](warm.contiguous(memory_format=torch.channels_last)).sum().backward()
 
+    # Evaluations counted independently of both optimizers: the reference's model forward passes
+    # with grad enabled, and every call of vizkit's objective (its final scoring pass included).
+    counts = {"reference": 0, "vizkit": 0, "vizkit_forward_only": 0}
+    evaluate = vs._Objective.evaluate
+
+    def counted(self, image, backward):
+        counts["vizkit" if backward else "vizkit_forward_only"] += 1
+        return evaluate(self, image, backward)
+
+    vs._Objective.evaluate = counted
     times = {"reference": 0.0, "vizkit": 0.0}
     t = time.perf_counter()
     model, style_losses, content_losses = reference_model(cnn, ext.mean, ext.std, style_t, content_t)
+    model.register_forward_pre_hook(
+        lambda module, args: counts.__setitem__("reference", counts["reference"] + torch.is_grad_enabled()))
     ref_img = content_t.clone()
     ref_run = reference_chunks(model, style_losses, content_losses, ref_img, args.steps - 1)
     times["reference"] += time.perf_counter() - t
@@ -199,12 +212,15 @@ def main() -> None:
                 viz_result = item
     assert viz_result is not None and viz_result.done and viz_result.step == args.steps
 
+    vs._Objective.evaluate = evaluate
     viz_img = vs._to_tensor(viz_result.image, device)
     ref_loss = score(model, style_losses, content_losses, ref_img.detach())
     viz_loss = score(model, style_losses, content_losses, viz_img)
     per_step = {k: v / args.steps for k, v in times.items()}
     print(f"reference (PyTorch tutorial): {per_step['reference']:.4f} s/step")
     print(f"vizkit:                       {per_step['vizkit']:.4f} s/step")
+    print(f"closure evaluations (forward+backward): reference {counts['reference']}, vizkit "
+          f"{counts['vizkit']} (+{counts['vizkit_forward_only']} forward-only scoring passes)")
     print(f"final loss reference: {ref_loss['total']:.6g} (content {ref_loss['content']:.4g}, "
           f"style {ref_loss['style']:.4g})")
     print(f"final loss vizkit:    {viz_loss['total']:.6g} (content {viz_loss['content']:.4g}, "
