@@ -106,21 +106,26 @@ def _gram_rows(rows: torch.Tensor) -> torch.Tensor:
     return rows.T @ rows / (c * m)
 
 
-def _style_term(features: torch.Tensor, target_gram: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """``mean((G − A)²)`` and its gradient ``4(G − A)F/(C³·M)``, in the target's precision."""
+def _style_term(features: torch.Tensor, target_gram: torch.Tensor,
+                weight: float = 1.0) -> tuple[float, torch.Tensor]:
+    """``mean((G − A)²)`` and ``weight`` times its gradient ``4(G − A)F/(C³·M)``.
+
+    In the target's precision; the weight is folded into the C×C factor (no full-size product).
+    """
     _, c, h, w = features.shape
     rows = _as_rows(features.to(target_gram.dtype))
     diff = _gram_rows(rows) - target_gram
     loss = diff.square().mean()
-    grad_rows = rows @ (diff * (4.0 / (c ** 3 * h * w)))
+    grad_rows = rows @ (diff * (weight * 4.0 / (c ** 3 * h * w)))
     grad = grad_rows.reshape(1, h, w, c).permute(0, 3, 1, 2)
     return float(loss), grad
 
 
-def _content_term(features: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """``mean((F − P)²)`` and its gradient ``2(F − P)/(C·M)``."""
+def _content_term(features: torch.Tensor, target: torch.Tensor,
+                  weight: float = 1.0) -> tuple[float, torch.Tensor]:
+    """``mean((F − P)²)`` and ``weight`` times its gradient ``2(F − P)/(C·M)``."""
     diff = features.to(target.dtype) - target
-    return float(diff.square().mean()), diff * (2.0 / diff.numel())
+    return float(diff.square().mean()), diff * (weight * 2.0 / diff.numel())
 
 
 # --- extractors ----------------------------------------------------------------------------
@@ -496,13 +501,12 @@ class _Objective:
                 h = feats[layer]
                 grad = None
                 if layer in self.content_targets:
-                    value, g = _content_term(h, self.content_targets[layer])
+                    value, grad = _content_term(h, self.content_targets[layer], self.weights["content"])
                     terms["content"] += value
-                    grad = g * self.weights["content"]
                 if layer in self.style_grams:
-                    value, g = _style_term(h, self.style_grams[layer])
+                    value, g = _style_term(h, self.style_grams[layer], self.weights["style"])
                     terms["style"] += value
-                    grad = g * self.weights["style"] if grad is None else grad + g * self.weights["style"]
+                    grad = g if grad is None else grad.add_(g)
                 roots.append(h)
                 grads.append(grad.to(h.dtype).contiguous(memory_format=torch.channels_last))
         with torch.set_grad_enabled(backward):
