@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from browser_support import browser, page, server  # noqa: F401 - session fixtures, one instance
 
 from app_support import APP, ROOT, assert_clean, open_page  # noqa: F401 - path setup, re-export
 

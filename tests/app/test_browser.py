@@ -7,124 +7,17 @@ goes to docs/screenshots/ (the README shows them). Waits are on real elements, n
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import numpy as np
 import pytest
+from browser_support import CHROMIUM, finish, open_app, press
 
 from app_support import ROOT
-
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = ROOT / "docs" / "screenshots"
-ARTIFACTS = ROOT / "tests" / "app" / "artifacts"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 240_000  # the CPU is shared; a page's first model call can take a while
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if not CHROMIUM.is_file():
     pytest.skip(f"BROWSER SUITE SKIPPED: {CHROMIUM} is missing (apt-get install chromium); "
                 "Playwright must never download its own browser.", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def server():
-    """`streamlit run app.py` on a free port, ready when /_stcore/health answers ok."""
-    port = free_port()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "streamlit.log", "w")  # noqa: SIM115 - closed at teardown
-    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
-                    if response.read().decode().strip() == "ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not become healthy in 180 s; see {log.name}")
-            time.sleep(0.5)  # polling the health endpoint, not waiting on the UI
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, server, request):
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    yield pg
-    try:  # the last state of every test, for diagnosing a failure (git-ignored)
-        pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True, timeout=30_000)
-    except Exception:  # noqa: BLE001 - a diagnostic must not hide the test's own result
-        pass
-    context.close()
-
-
-def open_app(pg, server: str, path: str = "") -> None:
-    pg.goto(f"{server}/{path}")
-    pg.locator('[data-testid="stSidebar"]').get_by_text("Model", exact=True).first.wait_for()
-    pg.locator("h1").first.wait_for()
-
-
-SETTLED = """() => !document.querySelector('[data-testid="stStatusWidgetRunningIcon"]')
-    && !document.querySelector('[data-testid="stStatusWidgetRunningManIcon"]')
-    && !document.querySelector('[data-testid="stSkeleton"]')
-    && Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"""
-
-
-def finish(pg, name: str) -> None:
-    """Once the run is over and every picture has loaded: no exception element; the screenshot."""
-    pg.wait_for_function(SETTLED, polling=250)
-    assert pg.locator('[data-testid="stException"]').count() == 0, pg.locator(
-        '[data-testid="stException"]').first.inner_text()
-    assert pg.locator('[data-testid="stAlertContentError"]').count() == 0, pg.locator(
-        '[data-testid="stAlertContentError"]').first.inner_text()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def press(pg, label: str) -> None:
-    pg.get_by_role("button", name=label, exact=True).first.click()
 
 
 def test_home_shows_predictions(page, server):
@@ -163,7 +56,7 @@ def test_occlusion_with_an_uploaded_file(page, server, tmp_path):
     ("cam", "Compute maps", "Most faithful here"),
     ("filters", None, "kernels of"),
     ("explorer", None, "Receptive field of"),
-    ("style_transfer", None, None),
+    ("style_transfer", "Run", "Done at step"),
 ])
 def test_every_page_without_an_exception(page, server, path, button, wait_text):
     if not (ROOT / "pages" / f"{path}.py").is_file():

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("playwright")
-from test_browser import LAUNCH_ARGS, TIMEOUT_MS, browser, open_app, press, server  # noqa: E402, F401
+from browser_support import LAUNCH_ARGS, TIMEOUT_MS, open_app, press  # noqa: E402, F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -62,7 +62,7 @@ def choose_scene(pg, index: int) -> None:
     sidebar.get_by_text(f"scene{index}", exact=True).first.wait_for()
 
 
-def test_two_sessions_run_occlusion_at_once_and_each_gets_its_map(browser, server):  # noqa: F811
+def test_two_sessions_run_occlusion_at_once_and_each_gets_its_map(browser, server):
     contexts = [browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
                 for _ in SCENES]
     try:
