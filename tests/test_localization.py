@@ -7,7 +7,7 @@ import pytest
 
 from vizkit.cam import cam, grad_cam
 from vizkit.data import Scenes, bundled_subset
-from vizkit.localization import point_in_box, pointing_game
+from vizkit.localization import point_in_box, pointing_game, standard_tolerance
 from vizkit.occlusion import occlusion
 
 N_SCENES = 300  # the note reports all 1000 (python -m vizkit localization)
@@ -49,6 +49,15 @@ def test_pointing_game_counts_only_correct_scenes(fashion):
 def test_pointing_game_on_bundled_scenes(fashion, method, explain):
     subset = bundled_subset()
     scenes = Scenes(subset.images[:N_SCENES], subset.labels[:N_SCENES], subset.boxes[:N_SCENES])
-    result = pointing_game(fashion, scenes, explain, method)
+    # Zhang et al.'s protocol: a hit within 15 px of the box at 224 px (4.3 px at 64 px). Strictly
+    # inside the box, CAM and Grad-CAM score about 99% and occlusion about 83% (see the README).
+    result = pointing_game(fashion, scenes, explain, method, tolerance=standard_tolerance(64))
     assert result.total >= 0.8 * N_SCENES, f"only {result.total} scenes classified correctly"
     assert result.rate >= 0.85, f"{method}: pointing game {result.rate:.1%} over {result.total} scenes"
+
+
+def test_a_plateau_maximum_points_at_its_centre():
+    heat = np.zeros((8, 8), np.float32)
+    heat[0:4, 2:6] = 1.0  # a flat maximum whose first pixel (0, 2) is outside the box below
+    assert point_in_box(heat, (2, 1, 6, 4))
+    assert not point_in_box(heat, (0, 4, 8, 8))
