@@ -19,7 +19,7 @@ COMMANDS = {
     "evolution": ("vizkit.evolution", "feature evolution over the bundled training snapshots"),
     "invariance": ("vizkit.invariance", "invariance curves (translation, scale, rotation)"),
     "correspondence": ("vizkit.correspondence", "correspondence analysis on the bundled scenes"),
-    "localization": ("vizkit.localization", "pointing game of CAM, Grad-CAM and occlusion on the bundled scenes"),
+    "localization": ("vizkit.localization", "pointing game of CAM, Grad-CAM, occlusion on bundled scenes"),
     "probes": ("vizkit.probes", "layer-wise linear probes"),
 }
 
