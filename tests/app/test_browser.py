@@ -57,6 +57,10 @@ def test_occlusion_with_an_uploaded_file(page, server, tmp_path):
     ("filters", None, "kernels of"),
     ("explorer", None, "Receptive field of"),
     ("style_transfer", "Run", "Done at step"),
+    ("zf_evolution", None, None),
+    ("zf_invariance", None, None),
+    ("zf_correspondence", None, None),
+    ("zf_probes", None, None),
 ])
 def test_every_page_without_an_exception(page, server, path, button, wait_text):
     if not (ROOT / "pages" / f"{path}.py").is_file():
