@@ -1,7 +1,7 @@
 """Where weights come from, and loading them safely.
 
 Only safetensors or ``torch.load(weights_only=True)``: a pickle payload is refused, never
-retried with ``weights_only=False``. Zoo weights live where torchvision keeps them
+retried in the unsafe (full pickle) mode. Zoo weights live where torchvision keeps them
 (``torch.hub.get_dir()/checkpoints``, i.e. ``$TORCH_HOME/hub/checkpoints``) under torchvision's
 file name, whose part after the last ``-`` is a prefix of the file's sha256.
 """
