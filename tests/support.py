@@ -7,6 +7,7 @@ A module of its own, not conftest.py: tests/ and tests/app/ each have a conftest
 from __future__ import annotations
 
 import os
+import struct
 from collections import OrderedDict
 
 import numpy as np
@@ -104,3 +105,14 @@ HAND_SPEC = ModelSpec(
     name="hand", title="hand-set CNN", input_size=4, mean=(0.0, 0.0, 0.0),
     std=(1 / 255, 1 / 255, 1 / 255), cam_layer="relu", classes=("x", "y"), builder=make_hand_cnn,
 )
+
+
+def png_chunk_types(data: bytes) -> list[bytes]:
+    """Chunk types of a PNG, parsed by hand (an oracle independent of Pillow)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    kinds, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kinds.append(data[pos + 4:pos + 8])
+        pos += 12 + length
+    return kinds

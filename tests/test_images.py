@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image, ImageFile
 
+from support import png_chunk_types
 from vizkit import images
 from vizkit.images import ImageError, load_image, safe_filename, to_png_bytes
 
@@ -42,15 +43,6 @@ def png_declaring(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunks
 
 
-def png_chunk_types(data: bytes) -> list[bytes]:
-    """Chunk types of a PNG, parsed by hand (an oracle independent of Pillow)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    kinds, pos = [], 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kinds.append(data[pos + 4:pos + 8])
-        pos += 12 + length
-    return kinds
 
 
 def quadrant_image(w: int = 64, h: int = 32) -> np.ndarray:

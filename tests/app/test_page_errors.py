@@ -24,6 +24,7 @@ from PIL import Image
 
 import app
 from app_support import ROOT, open_page
+from support import png_chunk_types
 from vizkit.models import get_spec
 from vizkit.weights import zoo_checkpoint_path
 
@@ -131,15 +132,6 @@ def test_bad_upload_and_bad_weights_become_clear_errors_on_every_page(page, pois
         assert any(e.startswith("Weights problem") for e in _errors(at.main.error)), page
 
 
-def _png_chunk_types(data: bytes) -> list[bytes]:
-    """Chunk types of a PNG, parsed by hand (independent of Pillow)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    kinds, pos = [], 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kinds.append(data[pos + 4:pos + 8])
-        pos += 12 + length
-    return kinds
 
 
 def _gps_jpeg(arr: np.ndarray) -> bytes:
@@ -178,7 +170,7 @@ def test_page_download_of_a_gps_jpeg_has_no_metadata(bundled_ready, monkeypatch)
     assert downloads, [(m, f) for _, m, f in served]
     m = bundled_ready
     for data, filename in downloads:
-        assert set(_png_chunk_types(data)) <= {b"IHDR", b"IDAT", b"IEND"}, filename
+        assert set(png_chunk_types(data)) <= {b"IHDR", b"IDAT", b"IEND"}, filename
         for marker in (b"GPS", b"Exif", b"SecretCam", b"home address"):
             assert marker not in data, (filename, marker)
         assert "IMG_20240101" not in filename and "/" not in filename and ".." not in filename
