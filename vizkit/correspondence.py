@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 
-from vizkit.features import default_layers, layer_features, write_table
+from vizkit.features import default_layers, layer_features, write_report
 from vizkit.hooks import find_layer
 from vizkit.models import LoadedModel
 
@@ -311,13 +310,8 @@ def run_correspondence(args: argparse.Namespace) -> int:
     result = correspondence(m, scenes.images[:n], scenes.boxes[:n], part, scenes.labels[:n],
                             args.layers, seed=args.seed, progress=progress)
     print()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = correspondence_rows(result)
-    write_table(rows, out / "correspondence.csv")
-    write_table(rows, out / "correspondence.md")
-    fig = correspondence_figure(result, str(args.part))
-    fig.write_html(out / "correspondence.html", include_plotlyjs=True)
+    out = write_report(rows, correspondence_figure(result, str(args.part)), args.out, "correspondence")
     for r in rows:
         print(f"{r['layer']:>16}  part {r['part']:.4f}  random {r['random']:.4f}  units {r['units']}")
     print(f"{result.n_pairs} pairs of {result.n_images} images; wrote {out}/correspondence.csv, .md, .html")

@@ -162,6 +162,16 @@ def table_text(rows: list[dict], fmt: str = "csv") -> str:
     return buffer.getvalue()
 
 
+def write_report(rows: list[dict], figure, out: str | Path, stem: str) -> Path:
+    """Writes ``stem``.csv, ``stem``.md and ``stem``.html (the plotly figure, usable offline)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(rows, out / f"{stem}.csv")
+    write_table(rows, out / f"{stem}.md")
+    figure.write_html(out / f"{stem}.html", include_plotlyjs=True)
+    return out
+
+
 def write_table(rows: list[dict], path: str | Path) -> None:
     """Writes rows as a Markdown table to a ``.md`` path, as CSV otherwise."""
     path = Path(path)

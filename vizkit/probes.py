@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
-from vizkit.features import default_layers, layer_features, write_table
+from vizkit.features import default_layers, layer_features, write_report
 from vizkit.hooks import find_layer
 from vizkit.models import LoadedModel
 
@@ -207,13 +207,8 @@ def run_probes(args: argparse.Namespace) -> int:
     result = linear_probes(m, x_train, y_train, x_test, y_test, layers=args.layers, classes=classes,
                            progress=progress)
     print()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = probe_rows(result)
-    write_table(rows, out / "probes.csv")
-    write_table(rows, out / "probes.md")
-    fig = probes_figure(result, f"{m.spec.title}: linear probes")
-    fig.write_html(out / "probes.html", include_plotlyjs=True)
+    out = write_report(rows, probes_figure(result, f"{m.spec.title}: linear probes"), args.out, "probes")
     for r in rows:
         print(f"{r['layer']:>16}  test {r['test_accuracy']:.3f}  train {r['train_accuracy']:.3f}  "
               f"dim {r['dim']}")
