@@ -248,6 +248,26 @@ def test_info_box_and_probability_grid(tiny):
     assert ours.info["approximate"] is False and ours.info["complete"] is True
 
 
+def test_speedup_over_full_is_timed_on_a_few_plain_forward_passes(tiny, monkeypatch):
+    from vizkit.occlusion import FULL_PROBE
+
+    calls = []
+    forward = type(tiny.module).forward
+    monkeypatch.setattr(type(tiny.module), "forward",
+                        lambda self, x: calls.append(x.shape[0]) or forward(self, x))
+    exact = occlusion(tiny, random_image(16, 16, seed=3), patch=4, stride=2)  # 7×7 = 49 positions
+    # The incremental engine never calls forward; the estimate runs FULL_PROBE positions at once.
+    assert calls[-1] == FULL_PROBE
+    timings = exact.info["timings"]
+    assert timings["full_estimate_s"] > 0
+    speedup = timings["full_estimate_s"] / timings["positions_s"]
+    assert exact.info["speedup_over_full"] == pytest.approx(speedup)
+    calls.clear()
+    full = occlusion(tiny, random_image(16, 16, seed=3), patch=4, stride=2, mode="full")
+    assert "speedup_over_full" not in full.info and "full_estimate_s" not in full.info["timings"]
+    assert sum(calls) == 49 + 1  # every position and the clean image; no probe
+
+
 def test_layer_channel_feature_drop_matches_hand_oracle(tiny):
     img = random_image(16, 16, seed=8)
     ours = occlusion(tiny, img, target=0, patch=8, stride=4, layer="relu1")
