@@ -58,7 +58,8 @@ if go:
 
     st.session_state[RUNNING] = True
     result = ui.attempt(occlusion, m, picked.image, target, patch=patch, stride=stride,
-                        baseline=baseline, layer=layer, mode=mode, progress=progress)
+                        baseline=baseline, layer=layer, mode=mode, progress=progress,
+                        time_full=True)
     st.session_state.pop(RUNNING, None)
     bar.empty()
     if result is not None:

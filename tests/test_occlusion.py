@@ -253,9 +253,17 @@ def test_speedup_over_full_is_timed_on_a_few_plain_forward_passes(tiny, monkeypa
 
     calls = []
     forward = type(tiny.module).forward
-    monkeypatch.setattr(type(tiny.module), "forward",
-                        lambda self, x: calls.append(x.shape[0]) or forward(self, x))
-    exact = occlusion(tiny, random_image(16, 16, seed=3), patch=4, stride=2)  # 7×7 = 49 positions
+
+    def counted(self, x):
+        if isinstance(x, torch.Tensor):  # not torch.fx's tracing proxy
+            calls.append(x.shape[0])
+        return forward(self, x)
+
+    monkeypatch.setattr(type(tiny.module), "forward", counted)
+    img = random_image(16, 16, seed=3)
+    assert "speedup_over_full" not in occlusion(tiny, img, patch=4, stride=2).info  # not asked
+    assert calls == []
+    exact = occlusion(tiny, img, patch=4, stride=2, time_full=True)  # 7×7 = 49 positions
     # The incremental engine never calls forward; the estimate runs FULL_PROBE positions at once.
     assert calls[-1] == FULL_PROBE
     timings = exact.info["timings"]
@@ -263,7 +271,7 @@ def test_speedup_over_full_is_timed_on_a_few_plain_forward_passes(tiny, monkeypa
     speedup = timings["full_estimate_s"] / timings["positions_s"]
     assert exact.info["speedup_over_full"] == pytest.approx(speedup)
     calls.clear()
-    full = occlusion(tiny, random_image(16, 16, seed=3), patch=4, stride=2, mode="full")
+    full = occlusion(tiny, img, patch=4, stride=2, mode="full", time_full=True)
     assert "speedup_over_full" not in full.info and "full_estimate_s" not in full.info["timings"]
     assert sum(calls) == 49 + 1  # every position and the clean image; no probe
 

@@ -271,6 +271,7 @@ def occlusion(
     mode: str = "exact",
     progress: Callable[[int, int], bool | None] | None = None,
     batch_size: int | None = None,
+    time_full: bool = False,
 ) -> Explanation:
     """Occlusion sensitivity map (Zeiler & Fergus 2013, section 4.2; Krypton for speed).
 
@@ -293,6 +294,8 @@ def occlusion(
             and the partial result says so (``info["complete"]`` False).
         batch_size: positions per batch; ``None`` sizes it to the device. Halved on
             out-of-memory.
+        time_full: afterwards, also time plain full inference on ``FULL_PROBE`` positions and
+            report ``info["speedup_over_full"]`` (estimated full time / time spent on positions).
 
     Returns:
         Explanation with ``map`` S×S float32 and ``raw`` the per-position drop grid; ``info``
@@ -358,7 +361,7 @@ def occlusion(
                 break
         positions_s = time.perf_counter() - started - clean_s
         full_estimate_s = None
-        if evaluator.mode != "full" and complete:
+        if time_full and evaluator.mode != "full" and complete:
             full_estimate_s = _full_time_estimate(evaluator, grid, all_cells)
 
     evaluated = ~np.isnan(scores)
