@@ -79,7 +79,7 @@ if "total_s" in timings:
     cols[2].metric("Time", f"{timings['total_s']:.2f} s")
 speedup = info.get("speedup_over_full")
 if speedup:
-    cols[3].metric("Speed-up over full inference", f"{speedup:.1f}×",
+    cols[3].metric("Speed-up vs full", f"{speedup:.1f}×",
                    help=f"Full inference (one forward pass per position) would take about "
                         f"{timings.get('full_estimate_s', float('nan')):.2f} s here, timed on a few "
                         "positions.")
