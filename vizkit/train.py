@@ -131,10 +131,13 @@ def write_model_card(accuracy: float, per_class: list[float], result: dict | Non
             f"| {h['epoch']} | {h['loss']:.3f} | {h['check_accuracy']:.1%} | {h['minutes']:.1f} |"
             for h in result["history"]
         )
+        resume = getattr(args, "resume", None)
+        origin = f", resumed from `{resume}`. " if resume else ", one run from scratch. "
         history = (
             "\n## Training run\n\n"
-            f"`python -m vizkit.train --epochs {args.epochs} --lr {args.lr} --seed {args.seed}`, one run "
-            "from scratch. The accuracy column is the first 2,000 test scenes, printed after each "
+            f"`python -m vizkit.train --epochs {args.epochs} --lr {args.lr} --seed {args.seed}`"
+            + origin
+            + "The accuracy column is the first 2,000 test scenes, printed after each "
             "epoch as progress only: nothing was tuned or chosen on it, and the shipped weights are "
             "simply the last epoch's.\n\n"
             "| epoch | train loss | accuracy (2,000 test scenes) | minutes |\n"
