@@ -14,7 +14,12 @@ image). Both run in one process on the same inputs, in alternating chunks of 20 
 that a busy machine slows both alike. Both final images are scored by the reference's own loss
 modules. Random VGG weights (seeded) unless ``--weights default`` and the file is present.
 
-    python bench/style_transfer.py [--size 256] [--steps 40] [--device cpu]
+vizkit runs with its defaults, coarse-to-fine included: from 256 px up, the first half of its
+evaluations are at half the size (the image is then upsampled and refined at full size; the
+losses compared are both at full size). ``--single-scale`` times vizkit with every evaluation at
+full size instead.
+
+    python bench/style_transfer.py [--size 256] [--steps 40] [--device cpu] [--single-scale]
 
 The last line is ``ratio: X`` (reference seconds per step / vizkit seconds per step).
 """
@@ -153,6 +158,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="closure evaluations (a multiple of 20)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", choices=("random", "default"), default="random")
+    parser.add_argument("--single-scale", action="store_true",
+                        help="vizkit without coarse-to-fine: every evaluation at full size")
     args = parser.parse_args()
     if args.steps % CHUNK:
         parser.error(f"--steps must be a multiple of {CHUNK} (the tutorial's evaluations per step call)")
@@ -166,6 +173,8 @@ def main() -> None:
     content_t, style_t = vs._to_tensor(content, device), vs._to_tensor(style, device)
     print(f"device {device}, threads {torch.get_num_threads()}, size {args.size}, "
           f"{args.steps} closure evaluations each, extractor: {ext.title}")
+    stages = vs._stages(args.size, args.steps, not args.single_scale)
+    print("vizkit stages: " + ", then ".join(f"{n} evaluations at {s} px" for s, n in stages))
 
     # Warm-up, untimed: oneDNN builds its kernels on first use, for each memory layout.
     warm = content_t.clone().requires_grad_(True)
@@ -194,6 +203,7 @@ def main() -> None:
         content, style, extractor=ext, content_layers=["features.7"],
         style_layers=["features.0", "features.2", "features.5", "features.7", "features.10"],
         content_weight=1.0, style_weight=1e6, steps=args.steps, size=args.size, preview_every=CHUNK,
+        coarse_to_fine=not args.single_scale,
     )
     # Alternating chunks of 20 evaluations: load from other processes hits both alike.
     # Both totals include building the targets; vizkit's also its final scoring pass and previews.

@@ -11,6 +11,7 @@ import vizkit as vk
 from pages import _ui as ui
 from vizkit import render
 from vizkit.style import (
+    COARSE_MIN_SIZE,
     EXTRACTOR_TITLES,
     get_extractor,
     layer_label,
@@ -106,7 +107,13 @@ default_style = int(round(np.log10(extractor.style_weight)))
 log_content = w1.slider("Content weight (log₁₀ α)", -3, 3, 0, key="style_w_content")
 log_style = w2.slider("Style weight (log₁₀ β)", 0, 9, default_style, key=f"style_w_style_{extractor.name}")
 log_tv = w3.slider("Smoothness (log₁₀ TV weight; −6 = off)", -6, 2, -6, key="style_w_tv")
-preserve_color = st.checkbox("Preserve colors (transfer luminance only)", key="style_preserve")
+k1, k2 = st.columns(2)
+preserve_color = k1.checkbox("Preserve colors (transfer luminance only)", key="style_preserve")
+coarse_to_fine = k2.checkbox(
+    "Coarse-to-fine", value=True, key="style_coarse", disabled=size // 2 < COARSE_MIN_SIZE,
+    help=f"From {2 * COARSE_MIN_SIZE} px up: the first half of the steps run at half the size "
+         "(a quarter of the work each), then the image is refined at full size. "
+         "Losses in the coarse half are at half size.")
 with st.expander("Layers"):
     leaves = extractor.layers()
     label = lambda name: layer_label(extractor, name)  # noqa: E731
@@ -130,6 +137,10 @@ def _curves(history: list[tuple[int, dict[str, float]]]):
     fig = render.curves_figure({t: ([h[0] for h in history], [h[1][t] for h in history]) for t in terms},
                                xaxis="step", yaxis="weighted loss")
     fig.update_yaxes(type="log")
+    full = history[-1][2]
+    switch = next((step for step, _, work in history if work == full), None)
+    if switch is not None and history[0][2] != full:
+        fig.add_vline(x=switch, line_dash="dot", annotation_text="full size")
     return fig
 
 
@@ -142,10 +153,12 @@ def _show(run: dict, live: int = 0) -> None:
     last = run["last"]
     state = ("done" if run["finished"] and not last.stopped else
              "stopped" if run["finished"] or not live else "running")
+    coarse = last.work_size is not None and tuple(last.work_size) != last.image.shape[:2]
+    stage = f" (coarse stage, computed at {last.work_size[1]}×{last.work_size[0]})" if coarse else ""
     with view_img:
         st.image(render.enlarge(last.image, 256),
                  caption=f"{state}: step {last.step} of {run['steps']} · {last.image.shape[1]}×"
-                         f"{last.image.shape[0]} px · {run['title']}")
+                         f"{last.image.shape[0]} px{stage} · {run['title']}")
         if not live:
             ui.download(last.image, ui.safe_name("style", run["content_name"], run["style_name"], last.step),
                         key="dl_style")
@@ -169,7 +182,7 @@ if go and ready:
         content, style, extractor=extractor, content_layers=content_layers, style_layers=style_layers,
         content_weight=10.0 ** log_content, style_weight=10.0 ** log_style,
         tv_weight=0.0 if log_tv <= -6 else 10.0 ** log_tv, optimizer=optimizer, steps=steps, size=size,
-        init=init, preserve_color=preserve_color, preview_every=1,
+        init=init, preserve_color=preserve_color, preview_every=1, coarse_to_fine=coarse_to_fine,
     )
     shown, redraws = 0.0, 0
     started = time.perf_counter()
@@ -177,7 +190,7 @@ if go and ready:
         for item in generator:
             # Kept before anything is drawn: a Stop press interrupts at the next Streamlit call.
             run["last"] = item
-            run["history"].append((item.step, item.losses))
+            run["history"].append((item.step, item.losses, item.work_size))
             if item.done or time.perf_counter() - shown > UI_REFRESH_S:
                 shown = time.perf_counter()
                 rate = item.step / max(shown - started, 1e-9)

@@ -197,6 +197,55 @@ def test_preserve_color_keeps_the_content_chroma(multiscale):
     assert np.abs(ycc(plain.image)[..., 1:] - ref[..., 1:]).mean() > 3 * chroma_diff.mean()
 
 
+def test_stages_split_half_the_steps_to_half_the_size_from_256_px():
+    assert vs._stages(256, 40, True) == [(128, 20), (256, 20)]
+    assert vs._stages(512, 25, True) == [(256, 12), (512, 13)]
+    assert vs._stages(255, 40, True) == [(255, 40)]  # half would be under COARSE_MIN_SIZE
+    assert vs._stages(256, 40, False) == [(256, 40)]
+    assert vs._stages(256, 1, True) == [(256, 1)]
+
+
+def test_coarse_to_fine_runs_the_first_half_at_half_size(multiscale, monkeypatch):
+    monkeypatch.setattr(vs, "COARSE_MIN_SIZE", 16)
+    shapes = []
+    evaluate = vs._Objective.evaluate
+
+    def recorded(self, image, backward):
+        shapes.append((tuple(image.shape[-2:]), backward))
+        return evaluate(self, image, backward)
+
+    monkeypatch.setattr(vs._Objective, "evaluate", recorded)
+    content, style = landscape(64), random_image(64, 64, seed=6)
+    steps = list(vs.style_transfer(content, style, extractor=multiscale, steps=20, size=64,
+                                   preview_every=1))
+    assert shapes[:10] == [((32, 32), True)] * 10
+    assert shapes[10:20] == [((64, 64), True)] * 10 and shapes[20:] == [((64, 64), False)]
+    assert [s.step for s in steps] == list(range(1, 21))
+    assert [s.work_size for s in steps] == [(32, 32)] * 10 + [(64, 64)] * 10
+    assert all(s.image.shape == (64, 64, 3) for s in steps)  # coarse previews are upsampled
+    result = steps[-1]
+    # The reported losses are the full-size objective's, scored here by a fresh one.
+    monkeypatch.setattr(vs._Objective, "evaluate", evaluate)
+    ext = multiscale
+    full = vs._Objective(ext, vs._to_tensor(content, ext.device), vs._to_tensor(style, ext.device),
+                         ext.content_layers, ext.style_layers, ext.content_weight, ext.style_weight, 0.0)
+    scored = full.evaluate(vs._to_tensor(result.image, ext.device), backward=False)
+    assert scored["total"] == pytest.approx(result.losses["total"], rel=0.05)
+    start = full.evaluate(vs._to_tensor(content, ext.device), backward=False)
+    assert scored["total"] < 0.5 * start["total"]
+
+
+def test_stopping_in_the_coarse_stage_returns_a_full_size_image(multiscale, monkeypatch):
+    monkeypatch.setattr(vs, "COARSE_MIN_SIZE", 16)
+    calls = []
+    run = vs.style_transfer(landscape(64), random_image(64, 64, seed=7), extractor=multiscale,
+                            steps=20, size=64, stop=lambda: calls.append(1) or len(calls) > 3)
+    result = vs.run_to_end(run)
+    assert result.stopped and result.step < 10
+    assert result.work_size == (32, 32) and result.image.shape == (64, 64, 3)
+    assert _hooks(multiscale.module) == 0
+
+
 def _hooks(module: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                + len(getattr(m, "_backward_pre_hooks", {})) for m in module.modules())

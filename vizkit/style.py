@@ -15,6 +15,10 @@ and pushed into one backward pass from every loss layer at once: no loss modules
 autograd graph for the Grams, targets computed once outside autograd, and the network stops at
 the last layer used (channels_last on every device, bfloat16 autocast on CUDA).
 
+From 256 px up, a run is coarse-to-fine by default (Gatys et al. 2017, "Controlling Perceptual
+Factors in Neural Style Transfer"): the first half of the steps optimize the image at half the
+size, where a step costs a quarter, and the rest refine it, upsampled, at full size.
+
 ``preserve_color`` transfers luminance only (Gatys, Bethge, Hertzmann & Shechtman 2016,
 "Preserving Color in Neural Artistic Style Transfer"): both images become luminance, the style's
 luminance is matched to the content's mean and deviation, and the result's luminance is put
@@ -60,6 +64,8 @@ class StyleStep:
         losses: weighted terms ``content``, ``style``, ``tv`` and their sum ``total``.
         done: whether this is the final result (last step reached or stopped).
         stopped: whether the run was stopped before its last step.
+        work_size: (height, width) the step was computed at: half the output's in the coarse
+            stage of a coarse-to-fine run (``image`` is always at the output's size).
     """
 
     step: int
@@ -67,6 +73,7 @@ class StyleStep:
     losses: dict[str, float]
     done: bool = False
     stopped: bool = False
+    work_size: tuple[int, int] | None = None
 
 
 # --- the objective -------------------------------------------------------------------------
@@ -535,6 +542,23 @@ class _BudgetSpent(Exception):
     """Raised by the closure when ``steps`` evaluations are done (ends a line search early)."""
 
 
+# Coarse-to-fine: the first COARSE_FRACTION of the steps run at half the size when that half is
+# at least COARSE_MIN_SIZE pixels, then the image is upsampled and refined at full size (Gatys,
+# Ecker, Bethge, Hertzmann & Shechtman 2017, "Controlling Perceptual Factors in Neural Style
+# Transfer", §5). A coarse step costs a quarter of a full one. Measured with
+# bench/style_transfer.py at 256×256, 40 evaluations: see the README's "Speed" section.
+COARSE_FRACTION = 0.5
+COARSE_MIN_SIZE = 128
+
+
+def _stages(size: int, steps: int, coarse_to_fine: bool) -> list[tuple[int, int]]:
+    """(size, evaluations) of each stage of a run: one stage, or a coarse one then the full one."""
+    coarse = round(steps * COARSE_FRACTION)
+    if not coarse_to_fine or size // 2 < COARSE_MIN_SIZE or coarse < 1 or coarse == steps:
+        return [(size, steps)]
+    return [(size // 2, coarse), (size, steps - coarse)]
+
+
 def style_transfer(
     content: np.ndarray,
     style: np.ndarray,
@@ -554,6 +578,7 @@ def style_transfer(
     lr: float | None = None,
     seed: int = 0,
     stop: Callable[[], bool] | None = None,
+    coarse_to_fine: bool = True,
 ) -> Generator[StyleStep, None, StyleStep]:
     """Gatys et al. 2015 style transfer as a generator of previews.
 
@@ -581,6 +606,10 @@ def style_transfer(
         lr: step size; ``None`` is 1 for L-BFGS and 0.02 for Adam.
         seed: seeds the noise initialization.
         stop: called between steps; returning true ends the run with the result so far.
+        coarse_to_fine: when ``size // 2`` is at least ``COARSE_MIN_SIZE``, run the first
+            ``COARSE_FRACTION`` of the steps at half the size, then upsample and finish at full
+            size. Previews of the coarse stage are shown upsampled; the losses reported are
+            those of the stage's own size, and the final ones are at full size.
     """
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}.")
@@ -595,43 +624,84 @@ def style_transfer(
     style_layers = ext.check_layers(style_layers or ext.style_layers)
     alpha = ext.content_weight if content_weight is None else float(content_weight)
     beta = ext.style_weight if style_weight is None else float(style_weight)
+    device = ext.device
 
     content_img = _resize(content, size)
-    style_img = _resize(style, content_img.shape[:2])
-    work_content, work_style = (
-        _luminance_pair(content_img, style_img) if preserve_color else (content_img, style_img)
-    )
-    device = ext.device
-    objective = _Objective(
-        ext, _to_tensor(work_content, device), _to_tensor(work_style, device),
-        content_layers, style_layers, alpha, beta, float(tv_weight),
-    )
-    if init == "content":
-        image = _to_tensor(work_content, device)
-    else:
-        g = torch.Generator().manual_seed(seed)
-        image = torch.rand((1, 3, *content_img.shape[:2]), generator=g).to(device)
+    out_shape = content_img.shape[:2]
+
+    def picture(x: torch.Tensor) -> np.ndarray:
+        if tuple(x.shape[-2:]) != out_shape:
+            x = F.interpolate(x.detach(), size=out_shape, mode="bicubic", align_corners=False)
+        out = _to_image(x)
+        return _with_chroma(out, content_img) if preserve_color else out
+
+    evals = [0]
+    image: torch.Tensor | None = None
+    stopped = False
+    best: dict[str, object] = {}
+    objective: _Objective | None = None
+    for stage_size, stage_steps in _stages(size, steps, coarse_to_fine):
+        stage_content = _resize(content, stage_size)
+        stage_style = _resize(style, stage_content.shape[:2])
+        work_content, work_style = (
+            _luminance_pair(stage_content, stage_style) if preserve_color
+            else (stage_content, stage_style)
+        )
+        objective = _Objective(
+            ext, _to_tensor(work_content, device), _to_tensor(work_style, device),
+            content_layers, style_layers, alpha, beta, float(tv_weight),
+        )
+        if image is not None:  # the coarse stage's best evaluated image, upsampled
+            start = best["image"] if "image" in best else image.detach()
+            image = F.interpolate(start, size=stage_content.shape[:2], mode="bicubic",
+                                  align_corners=False).clamp_(0, 1).contiguous()
+        elif init == "content":
+            image = _to_tensor(work_content, device)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            image = torch.rand((1, 3, *stage_content.shape[:2]), generator=g).to(device)
+        # The best image of this stage; losses at different sizes are not compared.
+        best = {"total": math.inf}
+        stopped = yield from _optimize(objective, image, optimizer, lr, evals, evals[0] + stage_steps,
+                                       preview_every, steps, stop, best, picture)
+        if stopped:
+            break
+    assert objective is not None and image is not None
+    if optimizer == "adam" or _LINE_SEARCH is None or "image" not in best:
+        # The last update (Adam's, or L-BFGS's fixed step) is not evaluated yet.
+        with torch.no_grad():
+            final = image.detach().clamp(0, 1)
+            final_losses = objective.evaluate(final, backward=False)
+        if final_losses["total"] <= best["total"]:
+            best.update(losses=final_losses, image=final)
+    result = StyleStep(step=evals[0], image=picture(best["image"]), losses=best["losses"],
+                       done=True, stopped=stopped, work_size=tuple(best["image"].shape[-2:]))
+    yield result
+    return result
+
+
+def _optimize(objective: _Objective, image: torch.Tensor, optimizer: str, lr: float | None,
+              evals: list[int], until: int, preview_every: int, steps: int,
+              stop: Callable[[], bool] | None, best: dict[str, object],
+              picture: Callable[[torch.Tensor], np.ndarray]) -> Generator[StyleStep, None, bool]:
+    """One stage: optimizes ``image`` in place until ``evals[0]`` reaches ``until``.
+
+    Keeps the best evaluated image in ``best``; yields previews; returns whether ``stop`` ended it.
+    """
     image.requires_grad_(True)
+    budget = until - evals[0]
     if optimizer == "lbfgs":
         # One L-BFGS iteration per opt.step() call; with _LINE_SEARCH = "strong_wolfe" (Nocedal &
         # Wright 2006, alg. 3.5) no accepted point raises the loss. The budget counts every
         # closure evaluation, line search included.
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [image], lr=lr or 1.0, max_iter=1, max_eval=steps + 1, tolerance_grad=1e-12,
+            [image], lr=lr or 1.0, max_iter=1, max_eval=budget + 1, tolerance_grad=1e-12,
             tolerance_change=1e-15, line_search_fn=_LINE_SEARCH,
         )
     else:
         opt = torch.optim.Adam([image], lr=lr or 0.02)
 
-    def picture(x: torch.Tensor) -> np.ndarray:
-        out = _to_image(x)
-        return _with_chroma(out, content_img) if preserve_color else out
-
     last: dict[str, float] = {}
-    # The result is the best image evaluated (the line search's trial points included), so it
-    # is never worse than an earlier preview.
-    best: dict[str, object] = {"total": math.inf}
-    evals = [0]
     pending: list[StyleStep] = []  # previews taken inside the closure, yielded after the step
     # The last evaluation: each opt.step() starts by evaluating the point the previous line
     # search accepted, which it has already evaluated; that one is answered from here, free.
@@ -644,7 +714,7 @@ def style_transfer(
         if "image" in cache and torch.equal(cache["image"], image):
             image.grad.copy_(cache["grad"])
             return torch.tensor(cache["total"])
-        if evals[0] >= steps:
+        if evals[0] >= until:
             raise _BudgetSpent
         opt.zero_grad(set_to_none=False)
         last.update(objective.evaluate(image, backward=True))
@@ -654,14 +724,13 @@ def style_transfer(
         if optimizer == "lbfgs":
             cache.update(image=image.detach().clone(), grad=image.grad.clone(), total=last["total"])
         if evals[0] % preview_every == 0 and evals[0] < steps:
-            pending.append(StyleStep(step=evals[0], image=picture(image), losses=dict(last)))
+            pending.append(StyleStep(step=evals[0], image=picture(image), losses=dict(last),
+                                     work_size=tuple(image.shape[-2:])))
         return torch.tensor(last["total"])
 
-    stopped = False
-    while evals[0] < steps:
+    while evals[0] < until:
         if stop is not None and stop():
-            stopped = True
-            break
+            return True
         before = evals[0]
         try:
             opt.step(closure)
@@ -671,18 +740,7 @@ def style_transfer(
         pending.clear()
         if evals[0] == before:  # converged: L-BFGS asks for nothing new
             break
-    step = evals[0]
-    if optimizer == "adam" or _LINE_SEARCH is None or "image" not in best:
-        # The last update (Adam's, or L-BFGS's fixed step) is not evaluated yet.
-        with torch.no_grad():
-            image.clamp_(0, 1)
-            final_losses = objective.evaluate(image, backward=False)
-        if final_losses["total"] <= best["total"]:
-            best.update(losses=final_losses, image=image.detach())
-    result = StyleStep(step=step, image=picture(best["image"]), losses=best["losses"], done=True,
-                       stopped=stopped)
-    yield result
-    return result
+    return False
 
 
 def run_to_end(run: Generator[StyleStep, None, StyleStep]) -> StyleStep:
@@ -716,6 +774,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style-layers", nargs="+", default=None, metavar="LAYER")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--single-scale", action="store_true",
+                        help="all steps at full size (default: coarse-to-fine from 256 px up)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -741,7 +801,7 @@ def run(args: argparse.Namespace) -> int:
         style_layers=args.style_layers, content_weight=args.content_weight,
         style_weight=args.style_weight, tv_weight=args.tv_weight, optimizer=args.optimizer,
         steps=args.steps, size=args.size, init=args.init, preserve_color=args.preserve_color,
-        preview_every=1, seed=args.seed,
+        preview_every=1, seed=args.seed, coarse_to_fine=not args.single_scale,
     )
     result = None
     with tqdm(total=args.steps, unit="step") as bar:

@@ -35,3 +35,19 @@ def test_style_page_runs_a_few_steps_and_keeps_the_result(bundled_ready):
     at.select_slider(key="style_steps").set_value(25).run()
     assert_clean(at)
     assert any(m.value.startswith("**Done** at step 10/10") for m in at.markdown)
+
+
+@pytest.mark.slow
+def test_style_page_coarse_to_fine_marks_the_switch_to_full_size(bundled_ready):
+    at = open_page("style_transfer")
+    at.select_slider(key="style_size").set_value(64).run()
+    assert at.checkbox(key="style_coarse").disabled  # 32 px is too small for a coarse stage
+    at.select_slider(key="style_size").set_value(256).run()
+    at.select_slider(key="style_steps").set_value(10).run()
+    assert not at.checkbox(key="style_coarse").disabled and at.checkbox(key="style_coarse").value
+    at.button(key="style_go").click().run()
+    assert_clean(at)
+    captions = [img.caption for el in at.image for img in el.proto.imgs]
+    assert any(c.startswith("done: step 10 of 10 · 256×") for c in captions)
+    figure = at.get("plotly_chart")[0].proto.spec
+    assert '"full size"' in figure and '"x0":6' in figure.replace(" ", "")  # 5 coarse steps, then full
