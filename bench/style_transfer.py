@@ -19,7 +19,7 @@ evaluations are at half the size (the image is then upsampled and refined at ful
 losses compared are both at full size). ``--single-scale`` times vizkit with every evaluation at
 full size instead.
 
-    python bench/style_transfer.py [--size 256] [--steps 40] [--device cpu] [--single-scale]
+    python bench/style_transfer.py [--size 256] [--steps 40] [--style mosaic] [--single-scale]
 
 The last line is ``ratio: X`` (reference seconds per step / vizkit seconds per step).
 """
@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="closure evaluations (a multiple of 20)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", choices=("random", "default"), default="random")
+    parser.add_argument("--style", default="mosaic", choices=sorted(vs.style_images()),
+                        help="bundled style image (the content is vizkit's procedural landscape)")
     parser.add_argument("--single-scale", action="store_true",
                         help="vizkit without coarse-to-fine: every evaluation at full size")
     args = parser.parse_args()
@@ -169,7 +171,7 @@ def main() -> None:
     ext = vs.get_extractor("vgg19", device, weights="default" if args.weights == "default" else None)
     cnn = copy.deepcopy(ext.module.features).to(memory_format=torch.contiguous_format).eval()
     content = vs._resize(landscape(args.size), args.size)
-    style = vs._resize(load_image(vs.style_images()["mosaic"]), content.shape[:2])
+    style = vs._resize(load_image(vs.style_images()[args.style]), content.shape[:2])
     content_t, style_t = vs._to_tensor(content, device), vs._to_tensor(style, device)
     print(f"device {device}, threads {torch.get_num_threads()}, size {args.size}, "
           f"{args.steps} closure evaluations each, extractor: {ext.title}")
