@@ -183,7 +183,10 @@ def test_adam_from_noise_lowers_the_loss(multiscale):
     assert steps[-1].losses["tv"] > 0
 
 
-def test_preserve_color_keeps_the_content_chroma(multiscale):
+@pytest.mark.parametrize("coarse", [False, True], ids=["single-scale", "coarse-to-fine"])
+def test_preserve_color_keeps_the_content_chroma(multiscale, coarse, monkeypatch):
+    if coarse:  # a coarse stage at 32 px, then 64 px
+        monkeypatch.setattr(vs, "COARSE_MIN_SIZE", 16)
     content, style = landscape(64), np.asarray(Image.open(vs.style_images()["mosaic"]).convert("RGB"))
     result = vs.run_to_end(vs.style_transfer(content, style, extractor=multiscale, steps=10, size=64,
                                              preserve_color=True))
@@ -310,6 +313,10 @@ def test_bad_arguments_are_explained(multiscale):
         vs.get_extractor("vgg99")
     with pytest.raises(ValueError, match="RGB uint8"):
         next(vs.style_transfer(img[..., 0], img, extractor=multiscale, size=32))
+    # A very elongated content image: a clear message instead of a padding error deep inside.
+    strip = random_image(20, 1000, seed=9)
+    with pytest.raises(ValueError, match="shorter side must be at least 24 px"):
+        next(vs.style_transfer(strip, img, extractor=multiscale, size=256))
 
 
 def test_missing_vgg19_weights_point_to_the_untrained_extractor(monkeypatch, tmp_path):
@@ -346,6 +353,11 @@ def test_cli_writes_a_png_without_metadata(tmp_path, capsys):
     assert "Random multi-scale" in capsys.readouterr().out
     assert main(["style", str(content), str(tmp_path / "missing.png"), "--out", str(out)]) == 2
     assert "missing.png" in capsys.readouterr().err
+    strip = tmp_path / "strip.png"
+    Image.fromarray(random_image(10, 400, seed=1)).save(strip)
+    assert main(["style", str(strip), "marble", "--out", str(out), "--extractor", "random-multiscale",
+                 "--size", "64"]) == 2
+    assert "shorter side must be at least" in capsys.readouterr().err
 
 
 def _with_text(key: str, value: str):

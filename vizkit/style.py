@@ -549,6 +549,9 @@ class _BudgetSpent(Exception):
 # bench/style_transfer.py at 256×256, 40 evaluations: see the README's "Speed" section.
 COARSE_FRACTION = 0.5
 COARSE_MIN_SIZE = 128
+# The shorter side every extractor can take: random-multiscale's coarsest scale (1/8) needs 3 px
+# for its reflection padding; VGG19 needs 16 px up to conv5_1.
+MIN_SIDE = 24
 
 
 def _stages(size: int, steps: int, coarse_to_fine: bool) -> list[tuple[int, int]]:
@@ -628,6 +631,10 @@ def style_transfer(
 
     content_img = _resize(content, size)
     out_shape = content_img.shape[:2]
+    if min(out_shape) < MIN_SIDE:
+        raise ValueError(
+            f"At size {size} the content image becomes {out_shape[1]}×{out_shape[0]} px; its shorter "
+            f"side must be at least {MIN_SIDE} px. Use a larger size or crop the image.")
 
     def picture(x: torch.Tensor) -> np.ndarray:
         if tuple(x.shape[-2:]) != out_shape:
@@ -640,6 +647,7 @@ def style_transfer(
     stopped = False
     best: dict[str, object] = {}
     objective: _Objective | None = None
+    coarse_to_fine = coarse_to_fine and min(out_shape) // 2 >= MIN_SIDE
     for stage_size, stage_steps in _stages(size, steps, coarse_to_fine):
         stage_content = _resize(content, stage_size)
         stage_style = _resize(style, stage_content.shape[:2])
@@ -804,10 +812,14 @@ def run(args: argparse.Namespace) -> int:
         preview_every=1, seed=args.seed, coarse_to_fine=not args.single_scale,
     )
     result = None
-    with tqdm(total=args.steps, unit="step") as bar:
-        for result in runner:
-            bar.update(result.step - bar.n)
-            bar.set_postfix(loss=f"{result.losses['total']:.4g}")
+    try:
+        with tqdm(total=args.steps, unit="step") as bar:
+            for result in runner:
+                bar.update(result.step - bar.n)
+                bar.set_postfix(loss=f"{result.losses['total']:.4g}")
+    except ValueError as error:  # settings that do not fit the images (size, layers)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     assert result is not None
     # Plain PNG from pixels only: no metadata of the inputs is carried over.
     Image.fromarray(result.image).save(args.out, format="PNG")
