@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.fx as fx
+from scipy.interpolate import griddata
+from scipy.spatial import QhullError
 
 from vizkit.devices import is_out_of_memory
 from vizkit.explanation import Explanation
@@ -37,9 +39,13 @@ MODES = ("exact", "approximate", "full")
 
 # Approximate mode: coarse grid step (in positions), share of the remaining positions then
 # evaluated exactly (the most sensitive by the interpolated map), projective-field cap.
+# Measured (SSIM of the approximate map against the exact one, patch 8 stride 2, trained
+# fashion-zf, first 20 bundled scenes): cap 0.75 → mean 0.884 (min 0.759), cap 0.5 → 0.783
+# (min 0.466), no cap → 0.887. On random-weight vgg16 at 224 (patch 16 stride 8) cap 0.5 saves
+# 11% of the time over 0.75, which saves nothing over no cap: a mild cap keeps the picture.
 COARSE_STEP = 2
 REFINE_FRACTION = 0.2
-CAP_FRACTION = 0.5
+CAP_FRACTION = 0.75
 # Grids with fewer positions per side than this are evaluated whole (interpolating a coarse
 # sub-grid of a few cells loses the picture).
 DRILL_DOWN_MIN = 12
@@ -458,19 +464,28 @@ def _drill_down_stages(grid: _Grid) -> tuple[list[Callable], int]:
 
 
 def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Fills unknown grid cells by separable linear interpolation from the known ones."""
+    """Fills unknown grid cells by piecewise-linear interpolation over all known cells.
+
+    Linear on the Delaunay triangles of the known cells (scipy's ``griddata``), so the positions
+    refined off the coarse lattice count where they are, and a plane is reproduced exactly.
+    Cells outside the known cells' hull (or all, when the known cells are collinear) take the
+    nearest known value.
+    """
     out = values.copy()
-    rows = np.where(known.any(1))[0]
-    for iy in rows:  # along x on rows that have samples
-        cols = np.where(known[iy])[0]
-        missing = ~known[iy]
-        out[iy, missing] = np.interp(np.where(missing)[0], cols, values[iy, cols])
-    filled_rows = np.zeros_like(known)
-    filled_rows[rows] = True
-    for ix in range(values.shape[1]):  # then along y from those rows
-        missing = ~filled_rows[:, ix]
-        if missing.any():
-            out[missing, ix] = np.interp(np.where(missing)[0], rows, out[rows, ix])
+    ky, kx = np.nonzero(known)
+    uy, ux = np.nonzero(~known)
+    if len(uy) == 0 or len(ky) == 0:
+        return out
+    points, samples = np.column_stack([ky, kx]).astype(float), values[ky, kx]
+    wanted = np.column_stack([uy, ux]).astype(float)
+    try:
+        filled = griddata(points, samples, wanted, method="linear")
+    except QhullError:  # fewer than three points, or all on one line
+        filled = np.full(len(uy), np.nan)
+    outside = np.isnan(filled)
+    if outside.any():
+        filled[outside] = griddata(points, samples, wanted[outside], method="nearest")
+    out[uy, ux] = filled
     return out
 
 
