@@ -15,7 +15,8 @@ MODE_HELP = {
     "exact": "incremental inference: only the activations a patch changes are recomputed (Krypton); "
              "the same map as full inference",
     "approximate": "coarse-to-fine: a sparse grid first, then only where the map changes; the rest "
-                   "interpolated",
+                   "interpolated. About 2× faster than exact on large models; the map looks alike "
+                   "but is not equal",
     "full": "one full forward pass per patch position (captum's Occlusion)",
 }
 
