@@ -109,8 +109,11 @@ log_style = w2.slider("Style weight (log₁₀ β)", 0, 9, default_style, key=f"
 log_tv = w3.slider("Smoothness (log₁₀ TV weight; −6 = off)", -6, 2, -6, key="style_w_tv")
 k1, k2 = st.columns(2)
 preserve_color = k1.checkbox("Preserve colors (transfer luminance only)", key="style_preserve")
+coarse_possible = size // 2 >= COARSE_MIN_SIZE
+# Below 256 px the box is shown off and disabled (its own key keeps the user's choice for later).
 coarse_to_fine = k2.checkbox(
-    "Coarse-to-fine", value=True, key="style_coarse", disabled=size // 2 < COARSE_MIN_SIZE,
+    f"Coarse-to-fine (from {2 * COARSE_MIN_SIZE} px)", value=coarse_possible,
+    key="style_coarse" if coarse_possible else "style_coarse_off", disabled=not coarse_possible,
     help=f"From {2 * COARSE_MIN_SIZE} px up: the first half of the steps run at half the size "
          "(a quarter of the work each), then the image is refined at full size. "
          "Losses in the coarse half are at half size.")

@@ -41,7 +41,8 @@ def test_style_page_runs_a_few_steps_and_keeps_the_result(bundled_ready):
 def test_style_page_coarse_to_fine_marks_the_switch_to_full_size(bundled_ready):
     at = open_page("style_transfer")
     at.select_slider(key="style_size").set_value(64).run()
-    assert at.checkbox(key="style_coarse").disabled  # 32 px is too small for a coarse stage
+    off = at.checkbox(key="style_coarse_off")  # 32 px is too small for a coarse stage
+    assert off.disabled and not off.value
     at.select_slider(key="style_size").set_value(256).run()
     at.select_slider(key="style_steps").set_value(10).run()
     assert not at.checkbox(key="style_coarse").disabled and at.checkbox(key="style_coarse").value
