@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from vizkit.cam import cam, grad_cam
 from vizkit.data import Scenes, bundled_subset
-from vizkit.localization import point_in_box, pointing_game, standard_tolerance
+from vizkit.explanation import Explanation
+from vizkit.localization import (
+    explanation_peak,
+    peak_point,
+    point_in_box,
+    pointing_game,
+    standard_tolerance,
+)
 from vizkit.occlusion import occlusion
 
 N_SCENES = 300  # the note reports all 1000 (python -m vizkit localization)
@@ -49,11 +57,45 @@ def test_pointing_game_counts_only_correct_scenes(fashion):
 def test_pointing_game_on_bundled_scenes(fashion, method, explain):
     subset = bundled_subset()
     scenes = Scenes(subset.images[:N_SCENES], subset.labels[:N_SCENES], subset.boxes[:N_SCENES])
-    # Zhang et al.'s protocol: a hit within 15 px of the box at 224 px (4.3 px at 64 px). Strictly
-    # inside the box, CAM and Grad-CAM score about 99% and occlusion about 83% (see the README).
-    result = pointing_game(fashion, scenes, explain, method, tolerance=standard_tolerance(64))
-    assert result.total >= 0.8 * N_SCENES, f"only {result.total} scenes classified correctly"
-    assert result.rate >= 0.85, f"{method}: pointing game {result.rate:.1%} over {result.total} scenes"
+    # Strictly inside the box (no tolerance). Over these scenes CAM and Grad-CAM score about 99%
+    # and occlusion about 88% (its most damaging square's centre; the maximum of its per-pixel
+    # map scores about 82%). With Zhang et al.'s 15 px at 224 (4.3 px here) every method is
+    # above 95%.
+    strict = pointing_game(fashion, scenes, explain, method)
+    assert strict.total >= 0.8 * N_SCENES, f"only {strict.total} scenes classified correctly"
+    assert strict.rate >= 0.85, f"{method}: pointing game {strict.rate:.1%} over {strict.total} scenes"
+
+
+def _occlusion_result(raw: np.ndarray, pixel_map: np.ndarray, positions, patch: int) -> Explanation:
+    return Explanation(method="occlusion", target=0, layer=None, map=pixel_map,
+                       raw=torch.from_numpy(raw.astype(np.float32)),
+                       info={"positions": (positions, positions), "patch": patch})
+
+
+def test_occlusion_points_at_its_most_damaging_square():
+    # A 3×3 grid of 4-px squares every 2 px on an 8×8 image; the square at row 0, column 2
+    # (x 4..8, y 0..4) hurts most, so occlusion points at its centre (6, 2).
+    raw = np.zeros((3, 3))
+    raw[0, 2] = 1.0
+    pixel_map = np.zeros((8, 8), np.float32)
+    pixel_map[7, 0] = 5.0  # a per-pixel map pointing elsewhere is not what is scored
+    result = _occlusion_result(raw, pixel_map, [0, 2, 4], 4)
+    assert explanation_peak(result) == (6.0, 2.0)
+    assert peak_point(result.map) == (0.5, 7.5)
+    # Equal drops at two squares: the mean of their centres.
+    raw[0, 0] = 1.0
+    assert explanation_peak(_occlusion_result(raw, pixel_map, [0, 2, 4], 4)) == (4.0, 2.0)
+    # Other methods point at their map's maximum.
+    other = Explanation(method="cam", target=0, layer=None, map=pixel_map,
+                        raw=torch.from_numpy(pixel_map), info={})
+    assert explanation_peak(other) == (0.5, 7.5)
+
+
+def test_occlusion_point_is_the_centre_of_the_reported_square(fashion):
+    scene = bundled_subset().images[0]
+    result = occlusion(fashion, scene, 0, patch=12, stride=4, baseline="mean")
+    x0, y0, x1, y1 = result.info["box"]  # the most damaging square, found by the engine itself
+    assert explanation_peak(result) == ((x0 + x1) / 2, (y0 + y1) / 2)
 
 
 def test_a_plateau_maximum_points_at_its_centre():

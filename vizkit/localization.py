@@ -3,6 +3,12 @@
 Zhang et al. 2016 ("Top-down neural attention by excitation backprop"): a hit when the map's
 maximum falls inside the object's box (optionally within ``tolerance`` pixels of it). Scored over
 the scenes the model classifies correctly, as is usual.
+
+Occlusion points with its own map: Zeiler & Fergus (2013, Fig. 7) map the class probability as a
+function of the *position* of the grey square, so its maximum is the centre of the square whose
+covering hurts most. The per-pixel map (each pixel the mean drop of the squares covering it, as
+captum computes it) spreads every drop over a whole square; its maximum can sit where squares
+reaching over the object's edge overlap, outside the box.
 """
 
 from __future__ import annotations
@@ -42,18 +48,52 @@ class PointingGame:
     skipped: int
 
 
+def _plateau(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the cells at the maximum of ``values`` (NaN ignored)."""
+    peak = float(np.nanmax(values))
+    return np.nonzero(values >= peak - 1e-6 * max(abs(peak), 1e-12))
+
+
+def peak_point(explanation_map: np.ndarray) -> tuple[float, float]:
+    """``(x, y)`` of the maximum of a pixel map, in map pixels (pixel centres at +0.5).
+
+    The maximum can be a plateau (occlusion maps are constant over the pixels one set of patches
+    covers): its centre is taken, not its first pixel in raster order.
+    """
+    ys, xs = _plateau(explanation_map)
+    return float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+
+
+def explanation_peak(result: Explanation) -> tuple[float, float]:
+    """Where ``result`` points, ``(x, y)`` in the pixels of ``result.map``.
+
+    For occlusion, the centre of the most damaging square (a plateau of equal drops: the mean of
+    their centres); for every other method, the maximum of the map.
+    """
+    info = result.info or {}
+    if result.method == "occlusion" and "positions" in info and result.raw is not None:
+        drop = np.asarray(result.raw, dtype=np.float64)
+        if np.any(np.isfinite(drop)):
+            iy, ix = _plateau(np.where(np.isfinite(drop), drop, np.nan))
+            ys, xs = (np.asarray(v, dtype=np.float64) for v in info["positions"])
+            half = info["patch"] / 2.0
+            return float(xs[ix].mean()) + half, float(ys[iy].mean()) + half
+    return peak_point(result.map)
+
+
+def in_box(point: tuple[float, float], box, scale: float = 1.0, tolerance: float = 0.0) -> bool:
+    """Whether ``point`` (x, y) lies in ``box`` (x0, y0, x1, y1) scaled by ``scale``, ± ``tolerance``."""
+    cx, cy = point
+    x0, y0, x1, y1 = (float(v) * scale for v in box)
+    return (x0 - tolerance <= cx <= x1 + tolerance) and (y0 - tolerance <= cy <= y1 + tolerance)
+
+
 def point_in_box(explanation_map: np.ndarray, box, scale: float = 1.0, tolerance: float = 0.0) -> bool:
     """Whether the maximum of ``explanation_map`` lies in ``box`` (x0, y0, x1, y1; x1/y1 exclusive).
 
     ``scale`` maps box coordinates (scene pixels) to map pixels.
     """
-    # The maximum can be a plateau (occlusion maps are constant over the pixels one set of patches
-    # covers): point at the plateau's centre, not at its first pixel in raster order.
-    peak = float(np.max(explanation_map))
-    ys, xs = np.nonzero(explanation_map >= peak - 1e-6 * max(abs(peak), 1e-12))
-    cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
-    x0, y0, x1, y1 = (float(v) * scale for v in box)
-    return (x0 - tolerance <= cx <= x1 + tolerance) and (y0 - tolerance <= cy <= y1 + tolerance)
+    return in_box(peak_point(explanation_map), box, scale, tolerance)
 
 
 def pointing_game(
@@ -63,8 +103,12 @@ def pointing_game(
     method: str,
     tolerance: float = 0.0,
     progress: Callable[[int, int], object] | None = None,
+    point: Callable[[Explanation], tuple[float, float]] = explanation_peak,
 ) -> PointingGame:
-    """Pointing game of ``explain(m, image, label)`` over the correctly classified ``scenes``."""
+    """Pointing game of ``explain(m, image, label)`` over the correctly classified ``scenes``.
+
+    ``point`` says where an explanation points (default :func:`explanation_peak`).
+    """
     hits = total = skipped = 0
     for i, (image, label, box) in enumerate(zip(scenes.images, scenes.labels, scenes.boxes, strict=True)):
         top_class = m.classes.index(predict(m, image, top=1)[0][0])
@@ -73,7 +117,7 @@ def pointing_game(
             continue
         result = explain(m, image, int(label))
         scale = result.map.shape[1] / image.shape[1]
-        hits += point_in_box(result.map, box, scale=scale, tolerance=tolerance)
+        hits += in_box(point(result), box, scale=scale, tolerance=tolerance)
         total += 1
         if progress is not None:
             progress(i + 1, len(scenes))
@@ -83,7 +127,9 @@ def pointing_game(
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="fashion-zf")
     parser.add_argument("--scenes", type=int, default=1000, help="how many bundled scenes to score")
-    parser.add_argument("--methods", default="cam,grad_cam,occlusion")
+    parser.add_argument("--methods", default="cam,grad_cam,occlusion",
+                        help="comma-separated; also grad_cam_pp, and occlusion_pixels (occlusion "
+                             "scored at the maximum of its per-pixel map instead of its square)")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="pixels around the box (default: Zhang et al.'s 15 px at 224, scaled)")
 
@@ -96,21 +142,31 @@ def run(args) -> int:
     from vizkit.models import load_model
     from vizkit.occlusion import occlusion
 
+    def occluded(m, img, t):
+        return occlusion(m, img, t, patch=12, stride=4, baseline="mean")
+
     methods = {
-        "cam": lambda m, img, t: cam(m, img, t),
-        "grad_cam": lambda m, img, t: grad_cam(m, img, t),
-        "grad_cam_pp": lambda m, img, t: grad_cam_pp(m, img, t),
-        "occlusion": lambda m, img, t: occlusion(m, img, t, patch=12, stride=4, baseline="mean"),
+        "cam": (lambda m, img, t: cam(m, img, t), explanation_peak),
+        "grad_cam": (lambda m, img, t: grad_cam(m, img, t), explanation_peak),
+        "grad_cam_pp": (lambda m, img, t: grad_cam_pp(m, img, t), explanation_peak),
+        "occlusion": (occluded, explanation_peak),
+        "occlusion_pixels": (occluded, lambda result: peak_point(result.map)),
     }
     m = load_model(args.model)
     subset = bundled_subset()
     n = min(args.scenes, len(subset))
     scenes = Scenes(subset.images[:n], subset.labels[:n], subset.boxes[:n])
     tolerance = standard_tolerance(m.input_size) if args.tolerance is None else args.tolerance
-    for name in args.methods.split(","):
+    names = args.methods.split(",")
+    unknown = [name for name in names if name not in methods]
+    if unknown:
+        print(f"unknown method {', '.join(unknown)}: choose from {', '.join(methods)}")
+        return 2
+    for name in names:
+        explain, point = methods[name]
         for tol in sorted({0.0, tolerance}):
             bar = tqdm(total=n, desc=name, leave=False)
-            result = pointing_game(m, scenes, methods[name], name, tol,
+            result = pointing_game(m, scenes, explain, name, tol, point=point,
                                    progress=lambda done, total, bar=bar: bar.update(done - bar.n))
             bar.close()
             print(f"{name:12s} tolerance {tol:.1f} px: pointing game {result.rate:.1%} ({result.hits}/"
