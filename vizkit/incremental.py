@@ -234,10 +234,11 @@ class IncrementalOcclusion:
         need = max(0, -int(ys.min()), -int(xs.min()), int(ys.max()) + h - height,
                    int(xs.max()) + w - width)
         margin, padded = self._padded_clean(node, fill, need)
-        windows = padded[0].unfold(1, h, 1).unfold(2, w, 1)
+        # H'×W'×C×h×w view: indexing its first two dims copies the windows once, batch first.
+        windows = padded[0].unfold(1, h, 1).unfold(2, w, 1).permute(1, 2, 0, 3, 4)
         iy = torch.as_tensor(ys + margin, device=clean.device)
         ix = torch.as_tensor(xs + margin, device=clean.device)
-        return windows[:, iy, ix].transpose(0, 1).contiguous()
+        return windows[iy, ix]
 
     def _materialize(self, node: fx.Node, crop: Crop) -> torch.Tensor:
         clean = self.clean[node]
@@ -309,8 +310,13 @@ class IncrementalOcclusion:
         oy, nh, top, bottom = _axis_window(crop.ys, crop.h, k[0], s[0], p[0], d[0])
         ox, nw, left, right = _axis_window(crop.xs, crop.w, k[1], s[1], p[1], d[1])
         if isinstance(mod, nn.Conv2d):
-            window = F.pad(crop.delta, (left, right, top, bottom))
-            delta = F.conv2d(window, mod.weight, None, mod.stride, 0, mod.dilation, mod.groups)
+            if top == bottom >= 0 and left == right >= 0:  # the convolution pads, no copy
+                delta = F.conv2d(crop.delta, mod.weight, None, mod.stride, (top, left),
+                                 mod.dilation, mod.groups)
+            else:
+                window = F.pad(crop.delta, (left, right, top, bottom))
+                delta = F.conv2d(window, mod.weight, None, mod.stride, 0, mod.dilation,
+                                 mod.groups)
         elif isinstance(mod, nn.AvgPool2d):
             window = F.pad(crop.delta, (left, right, top, bottom))
             delta = F.avg_pool2d(window, k, s, 0)
@@ -331,10 +337,15 @@ class IncrementalOcclusion:
             return self._finish(node, out, masked=False)
         return self._finish(node, Crop(delta, oy, ox, out_h, out_w))
 
-    def _elementwise(self, node: fx.Node, crop: Crop, fn: Callable) -> Crop:
+    def _elementwise(self, node: fx.Node, crop: Crop, fn: Callable | None) -> Crop:
+        """``fn(clean + delta) - fn(clean)`` on the box; ``fn=None`` is ReLU, done in place."""
         source = node.all_input_nodes[0]
         clean = self._gather(source, 0.0, crop.ys, crop.xs, crop.h, crop.w)
-        delta = fn(clean + crop.delta) - fn(clean)
+        if fn is None:
+            before = F.relu(clean)
+            delta = clean.add_(crop.delta).relu_().sub_(before)
+        else:
+            delta = fn(clean + crop.delta) - fn(clean)
         # f(0) may be non-zero (sigmoid); the change outside the map must stay zero.
         out = Crop(delta, crop.ys, crop.xs, crop.height, crop.width)
         return self._finish(node, out)
@@ -380,7 +391,7 @@ class IncrementalOcclusion:
             if isinstance(mod, _ELEMENTWISE):
                 fn = mod.forward
                 if isinstance(mod, nn.ReLU):
-                    fn = F.relu
+                    fn = None  # in place on the gathered copy
                 elif isinstance(mod, nn.Hardtanh):
                     fn = lambda t, m=mod: F.hardtanh(t, m.min_val, m.max_val)  # noqa: E731
                 elif getattr(mod, "inplace", False):
@@ -399,6 +410,8 @@ class IncrementalOcclusion:
                 extra = node.args[1:] if target in (F.hardtanh,) else ()
                 if target in (F.relu, F.relu6, F.silu) and len(node.args) > 1:
                     extra = ()  # the positional 'inplace' flag
+                if target in (F.relu, torch.relu):
+                    return self._elementwise(node, crops[0], None)
                 return self._elementwise(node, crops[0],
                                          lambda t: target(t, *extra, **kwargs))
             if target in _ADD and len(node.args) == 2 and not node.kwargs \
@@ -425,10 +438,10 @@ class IncrementalOcclusion:
         if key not in self._padded:
             self._padded[key] = (patch, F.pad(diff, (patch,) * 4))
         margin, padded = self._padded[key]
-        windows = padded[0].unfold(1, patch, 1).unfold(2, patch, 1)
+        windows = padded[0].unfold(1, patch, 1).unfold(2, patch, 1).permute(1, 2, 0, 3, 4)
         iy = torch.as_tensor(ys + margin, device=diff.device)
         ix = torch.as_tensor(xs + margin, device=diff.device)
-        delta = windows[:, iy, ix].transpose(0, 1).contiguous()
+        delta = windows[iy, ix]
         return Crop(delta, ys.copy(), xs.copy(), diff.shape[-2], diff.shape[-1])
 
     def run_batch(self, baseline: torch.Tensor, ys: np.ndarray, xs: np.ndarray, patch: int
