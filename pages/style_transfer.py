@@ -100,7 +100,11 @@ c1, c2, c3, c4 = st.columns(4)
 size = int(c1.select_slider("Size (longer side, px)", SIZES, value=128, key="style_size"))
 steps = int(c2.select_slider("Steps", STEPS, value=50, key="style_steps",
                              help="Evaluations of the loss and its gradient."))
-optimizer = c3.radio("Optimizer", ["lbfgs", "adam"], horizontal=True, key="style_optimizer")
+OPTIMIZERS = ["lbfgs", "adam"]
+optimizer = c3.radio("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(extractor.optimizer),
+                     horizontal=True, key=f"style_optimizer_{extractor.name}",
+                     help="L-BFGS (Gatys et al.) suits VGG19; Adam descends more smoothly on the "
+                          "untrained random filters.")
 init = c4.radio("Start from", ["content", "noise"], horizontal=True, key="style_init")
 w1, w2, w3 = st.columns(3)
 default_style = int(round(np.log10(extractor.style_weight)))

@@ -252,6 +252,8 @@ class FeatureExtractor:
         content_layers, style_layers: defaults (dotted ``named_modules()`` names).
         content_weight, style_weight: default α and β for those layers.
         trained: whether the filters were learned (VGG19 with ImageNet weights).
+        optimizer: the optimizer that works best with these features (``"lbfgs"`` or ``"adam"``).
+        adam_lr: Adam's default step size (pixels in [0, 1]).
     """
 
     name: str
@@ -265,6 +267,8 @@ class FeatureExtractor:
     content_weight: float
     style_weight: float
     trained: bool
+    optimizer: str = "lbfgs"
+    adam_lr: float = 0.02
 
     def layers(self) -> list[str]:
         """Every addressable layer (dotted ``named_modules()`` names)."""
@@ -353,6 +357,10 @@ def _build_extractor(name: str, device: str, weights: str | None) -> FeatureExtr
             content_layers=("branches.scale1.relu",),
             style_layers=tuple(f"branches.scale{k}.relu" for k in range(1, 5)),
             content_weight=1.0, style_weight=1e5, trained=False,
+            # L-BFGS's fixed unit step overshoots on these features: at the page's defaults its
+            # loss jumps (4.3, 10.8, 1.2, 2.9, ...) and ends higher than Adam's smooth descent
+            # (marble 0.64 vs 0.48, mosaic 0.87 vs 0.56 after 50 steps at 128 px).
+            optimizer="adam", adam_lr=0.05,
         )
     else:
         from vizkit import weights as weights_io
@@ -571,7 +579,7 @@ def style_transfer(
     content_weight: float | None = None,
     style_weight: float | None = None,
     tv_weight: float = 0.0,
-    optimizer: str = "lbfgs",
+    optimizer: str | None = None,
     steps: int = 100,
     size: int = 256,
     init: str = "content",
@@ -599,14 +607,15 @@ def style_transfer(
         content_layers, style_layers: dotted layer names; ``None`` takes the extractor's.
         content_weight, style_weight: α and β; ``None`` takes the extractor's.
         tv_weight: γ, total-variation smoothing of the image.
-        optimizer: ``"lbfgs"`` or ``"adam"``.
+        optimizer: ``"lbfgs"`` or ``"adam"``; ``None`` takes the extractor's (L-BFGS for VGG19,
+            Adam for random-multiscale).
         steps: objective evaluations.
         size: the output's longer side in pixels (the content's aspect ratio is kept).
         init: start from the ``"content"`` image or from ``"noise"``.
         preserve_color: transfer luminance only, keep the content's colors (Gatys et al. 2016).
         device: ``None`` picks cuda, mps, then cpu (ignored for a ``FeatureExtractor``).
         preview_every: steps between two previews.
-        lr: step size; ``None`` is 1 for L-BFGS and 0.02 for Adam.
+        lr: step size; ``None`` is 1 for L-BFGS and the extractor's ``adam_lr`` for Adam.
         seed: seeds the noise initialization.
         stop: called between steps; returning true ends the run with the result so far.
         coarse_to_fine: when ``size // 2`` is at least ``COARSE_MIN_SIZE``, run the first
@@ -614,7 +623,7 @@ def style_transfer(
             size. Previews of the coarse stage are shown upsampled; the losses reported are
             those of the stage's own size, and the final ones are at full size.
     """
-    if optimizer not in ("lbfgs", "adam"):
+    if optimizer not in (None, "lbfgs", "adam"):
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}.")
     if init not in ("content", "noise"):
         raise ValueError(f"init must be 'content' or 'noise', got {init!r}.")
@@ -623,6 +632,9 @@ def style_transfer(
     if steps < 1 or preview_every < 1:
         raise ValueError("steps and preview_every must be at least 1.")
     ext = extractor if isinstance(extractor, FeatureExtractor) else get_extractor(extractor, device)
+    optimizer = optimizer or ext.optimizer
+    if lr is None and optimizer == "adam":
+        lr = ext.adam_lr
     content_layers = ext.check_layers(content_layers or ext.content_layers)
     style_layers = ext.check_layers(style_layers or ext.style_layers)
     alpha = ext.content_weight if content_weight is None else float(content_weight)
@@ -772,7 +784,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: vgg19 when its weights are present, else random-multiscale")
     parser.add_argument("--size", type=int, default=256, help="longer side of the output")
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default=None,
+                        help="default: the extractor's (lbfgs for vgg19, adam for random-multiscale)")
     parser.add_argument("--content-weight", type=float, default=None)
     parser.add_argument("--style-weight", type=float, default=None)
     parser.add_argument("--tv-weight", type=float, default=0.0)
