@@ -14,6 +14,7 @@ from vizkit.localization import (
     peak_point,
     point_in_box,
     pointing_game,
+    pointing_games,
     standard_tolerance,
 )
 from vizkit.occlusion import occlusion
@@ -66,6 +67,21 @@ def test_pointing_game_on_bundled_scenes(fashion, method, explain):
     assert strict.rate >= 0.85, f"{method}: pointing game {strict.rate:.1%} over {strict.total} scenes"
 
 
+def test_several_tolerances_explain_each_scene_once(fashion):
+    subset = bundled_subset()
+    scenes = Scenes(subset.images[:20], subset.labels[:20], subset.boxes[:20])
+    calls = []
+
+    def explain(m, img, label):
+        calls.append(label)
+        return cam(m, img, label)
+
+    strict, loose = pointing_games(fashion, scenes, explain, "cam", (0.0, 64.0))
+    assert len(calls) == strict.total == loose.total
+    assert strict == pointing_game(fashion, scenes, explain, "cam", 0.0)
+    assert loose.rate == 1.0  # 64 px around any box covers the whole 64×64 scene
+
+
 def _occlusion_result(raw: np.ndarray, pixel_map: np.ndarray, positions, patch: int) -> Explanation:
     return Explanation(method="occlusion", target=0, layer=None, map=pixel_map,
                        raw=torch.from_numpy(raw.astype(np.float32)),
@@ -103,3 +119,13 @@ def test_a_plateau_maximum_points_at_its_centre():
     heat[0:4, 2:6] = 1.0  # a flat maximum whose first pixel (0, 2) is outside the box below
     assert point_in_box(heat, (2, 1, 6, 4))
     assert not point_in_box(heat, (0, 4, 8, 8))
+
+
+def test_cli_rejects_an_unknown_method(capsys):
+    import argparse
+
+    from vizkit import localization
+
+    args = argparse.Namespace(model="fashion-zf", scenes=2, methods="cam,gradcam", tolerance=None)
+    assert localization.run(args) == 2
+    assert "unknown method gradcam" in capsys.readouterr().out

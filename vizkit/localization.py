@@ -13,7 +13,7 @@ reaching over the object's edge overlap, outside the box.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,19 +109,36 @@ def pointing_game(
 
     ``point`` says where an explanation points (default :func:`explanation_peak`).
     """
-    hits = total = skipped = 0
+    return pointing_games(m, scenes, explain, method, (tolerance,), progress, point)[0]
+
+
+def pointing_games(
+    m: LoadedModel,
+    scenes: Scenes,
+    explain: Callable[[LoadedModel, np.ndarray, int], Explanation],
+    method: str,
+    tolerances: Sequence[float],
+    progress: Callable[[int, int], object] | None = None,
+    point: Callable[[Explanation], tuple[float, float]] = explanation_peak,
+) -> list[PointingGame]:
+    """:func:`pointing_game` at several tolerances, explaining each scene once."""
+    hits = [0] * len(tolerances)
+    total = skipped = 0
     for i, (image, label, box) in enumerate(zip(scenes.images, scenes.labels, scenes.boxes, strict=True)):
         top_class = m.classes.index(predict(m, image, top=1)[0][0])
         if top_class != int(label):
             skipped += 1
-            continue
-        result = explain(m, image, int(label))
-        scale = result.map.shape[1] / image.shape[1]
-        hits += in_box(point(result), box, scale=scale, tolerance=tolerance)
-        total += 1
+        else:
+            result = explain(m, image, int(label))
+            scale = result.map.shape[1] / image.shape[1]
+            where = point(result)
+            for k, tolerance in enumerate(tolerances):
+                hits[k] += in_box(where, box, scale=scale, tolerance=tolerance)
+            total += 1
         if progress is not None:
             progress(i + 1, len(scenes))
-    return PointingGame(method=method, hits=hits, total=total, rate=hits / max(total, 1), skipped=skipped)
+    return [PointingGame(method=method, hits=h, total=total, rate=h / max(total, 1), skipped=skipped)
+            for h in hits]
 
 
 def add_arguments(parser) -> None:
@@ -164,11 +181,12 @@ def run(args) -> int:
         return 2
     for name in names:
         explain, point = methods[name]
-        for tol in sorted({0.0, tolerance}):
-            bar = tqdm(total=n, desc=name, leave=False)
-            result = pointing_game(m, scenes, explain, name, tol, point=point,
-                                   progress=lambda done, total, bar=bar: bar.update(done - bar.n))
-            bar.close()
+        tolerances = sorted({0.0, tolerance})
+        bar = tqdm(total=n, desc=name, leave=False)
+        results = pointing_games(m, scenes, explain, name, tolerances, point=point,
+                                 progress=lambda done, total, bar=bar: bar.update(done - bar.n))
+        bar.close()
+        for tol, result in zip(tolerances, results, strict=True):
             print(f"{name:12s} tolerance {tol:.1f} px: pointing game {result.rate:.1%} ({result.hits}/"
                   f"{result.total} correctly classified scenes; {result.skipped} misclassified left out)")
     return 0
