@@ -15,7 +15,6 @@ from vizkit.localization import (
     point_in_box,
     pointing_game,
     pointing_games,
-    standard_tolerance,
 )
 from vizkit.occlusion import occlusion
 
