@@ -324,7 +324,10 @@ class IncrementalOcclusion:
             source = node.all_input_nodes[0]
             h, w = crop.h + top + bottom, crop.w + left + right
             window = self._gather(source, float("-inf"), crop.ys - top, crop.xs - left, h, w)
-            window += F.pad(crop.delta, (left, right, top, bottom))
+            if min(top, bottom, left, right) >= 0:  # add the change in place, no padded copy
+                window[:, :, top:top + crop.h, left:left + crop.w] += crop.delta
+            else:
+                window += F.pad(crop.delta, (left, right, top, bottom))
             pooled = F.max_pool2d(window, k, s, 0, d)
             clean_out = self._gather(node, 0.0, oy, ox, nh, nw)
             out = Crop(pooled, oy, ox, out_h, out_w)
