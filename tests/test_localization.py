@@ -106,6 +106,13 @@ def test_occlusion_points_at_its_most_damaging_square():
     assert explanation_peak(other) == (0.5, 7.5)
 
 
+def test_a_square_overhanging_the_border_points_at_its_visible_centre():
+    raw = np.zeros((3, 3))
+    raw[2, 2] = 1.0  # the square at (8, 8) on a 10×10 image covers only x, y 8..10
+    result = _occlusion_result(raw, np.zeros((10, 10), np.float32), [0, 4, 8], 4)
+    assert explanation_peak(result) == (9.0, 9.0)
+
+
 def test_occlusion_point_is_the_centre_of_the_reported_square(fashion):
     scene = bundled_subset().images[0]
     result = occlusion(fashion, scene, 0, patch=12, stride=4, baseline="mean")

@@ -340,11 +340,11 @@ class IncrementalOcclusion:
             return self._finish(node, out, masked=False)
         return self._finish(node, Crop(delta, oy, ox, out_h, out_w))
 
-    def _elementwise(self, node: fx.Node, crop: Crop, fn: Callable | None) -> Crop:
-        """``fn(clean + delta) - fn(clean)`` on the box; ``fn=None`` is ReLU, done in place."""
+    def _elementwise(self, node: fx.Node, crop: Crop, fn: Callable) -> Crop:
+        """``fn(clean + delta) - fn(clean)`` on the box (ReLU in place on the gathered copy)."""
         source = node.all_input_nodes[0]
         clean = self._gather(source, 0.0, crop.ys, crop.xs, crop.h, crop.w)
-        if fn is None:
+        if fn is F.relu:
             before = F.relu(clean)
             delta = clean.add_(crop.delta).relu_().sub_(before)
         else:
@@ -394,7 +394,7 @@ class IncrementalOcclusion:
             if isinstance(mod, _ELEMENTWISE):
                 fn = mod.forward
                 if isinstance(mod, nn.ReLU):
-                    fn = None  # in place on the gathered copy
+                    fn = F.relu
                 elif isinstance(mod, nn.Hardtanh):
                     fn = lambda t, m=mod: F.hardtanh(t, m.min_val, m.max_val)  # noqa: E731
                 elif getattr(mod, "inplace", False):
@@ -414,7 +414,7 @@ class IncrementalOcclusion:
                 if target in (F.relu, F.relu6, F.silu) and len(node.args) > 1:
                     extra = ()  # the positional 'inplace' flag
                 if target in (F.relu, torch.relu):
-                    return self._elementwise(node, crops[0], None)
+                    return self._elementwise(node, crops[0], F.relu)
                 return self._elementwise(node, crops[0],
                                          lambda t: target(t, *extra, **kwargs))
             if target in _ADD and len(node.args) == 2 and not node.kwargs \

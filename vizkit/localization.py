@@ -67,17 +67,20 @@ def peak_point(explanation_map: np.ndarray) -> tuple[float, float]:
 def explanation_peak(result: Explanation) -> tuple[float, float]:
     """Where ``result`` points, ``(x, y)`` in the pixels of ``result.map``.
 
-    For occlusion, the centre of the most damaging square (a plateau of equal drops: the mean of
-    their centres); for every other method, the maximum of the map.
+    For occlusion, the centre of the most damaging square, clipped to the image (a plateau of
+    equal drops: the mean of their centres); for every other method, the maximum of the map.
     """
     info = result.info or {}
     if result.method == "occlusion" and "positions" in info and result.raw is not None:
-        drop = np.asarray(result.raw, dtype=np.float64)
-        if np.any(np.isfinite(drop)):
-            iy, ix = _plateau(np.where(np.isfinite(drop), drop, np.nan))
+        drop = np.asarray(result.raw, dtype=np.float64)  # NaN where a run stopped early
+        if not np.all(np.isnan(drop)):
+            iy, ix = _plateau(drop)
+            height, width = result.map.shape
             ys, xs = (np.asarray(v, dtype=np.float64) for v in info["positions"])
-            half = info["patch"] / 2.0
-            return float(xs[ix].mean()) + half, float(ys[iy].mean()) + half
+            y0, x0 = ys[iy], xs[ix]
+            cy = (y0 + np.minimum(y0 + info["patch"], height)) / 2
+            cx = (x0 + np.minimum(x0 + info["patch"], width)) / 2
+            return float(cx.mean()), float(cy.mean())
     return peak_point(result.map)
 
 

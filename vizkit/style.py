@@ -633,8 +633,8 @@ def style_transfer(
         raise ValueError("steps and preview_every must be at least 1.")
     ext = extractor if isinstance(extractor, FeatureExtractor) else get_extractor(extractor, device)
     optimizer = optimizer or ext.optimizer
-    if lr is None and optimizer == "adam":
-        lr = ext.adam_lr
+    if lr is None:
+        lr = ext.adam_lr if optimizer == "adam" else 1.0
     content_layers = ext.check_layers(content_layers or ext.content_layers)
     style_layers = ext.check_layers(style_layers or ext.style_layers)
     alpha = ext.content_weight if content_weight is None else float(content_weight)
@@ -700,7 +700,7 @@ def style_transfer(
     return result
 
 
-def _optimize(objective: _Objective, image: torch.Tensor, optimizer: str, lr: float | None,
+def _optimize(objective: _Objective, image: torch.Tensor, optimizer: str, lr: float,
               evals: list[int], until: int, preview_every: int, steps: int,
               stop: Callable[[], bool] | None, best: dict[str, object],
               picture: Callable[[torch.Tensor], np.ndarray]) -> Generator[StyleStep, None, bool]:
@@ -715,11 +715,11 @@ def _optimize(objective: _Objective, image: torch.Tensor, optimizer: str, lr: fl
         # Wright 2006, alg. 3.5) no accepted point raises the loss. The budget counts every
         # closure evaluation, line search included.
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [image], lr=lr or 1.0, max_iter=1, max_eval=budget + 1, tolerance_grad=1e-12,
+            [image], lr=lr, max_iter=1, max_eval=budget + 1, tolerance_grad=1e-12,
             tolerance_change=1e-15, line_search_fn=_LINE_SEARCH,
         )
     else:
-        opt = torch.optim.Adam([image], lr=lr or 0.02)
+        opt = torch.optim.Adam([image], lr=lr)
 
     last: dict[str, float] = {}
     pending: list[StyleStep] = []  # previews taken inside the closure, yielded after the step
