@@ -14,9 +14,10 @@ RUNNING = "occ_running"
 MODE_HELP = {
     "exact": "incremental inference: only the activations a patch changes are recomputed (Krypton); "
              "the same map as full inference",
-    "approximate": "coarse-to-fine: a sparse grid first, then only where the map changes; the rest "
-                   "interpolated. About 2× faster than exact on large models; the map looks alike "
-                   "but is not equal",
+    "approximate": "8-bit arithmetic on what each patch changes, and coarse-to-fine: a sparse grid "
+                   "first; if it predicts a random sample of the rest, only where the map changes is "
+                   "evaluated and the rest interpolated. About 2× faster than exact on large models "
+                   "on a CPU; the map looks alike but is not equal",
     "full": "one full forward pass per patch position (captum's Occlusion)",
 }
 
@@ -89,7 +90,15 @@ notes = [f"Class **{m.classes[result.target]}**" if result.target is not None el
          f"patch {info.get('patch')} px, stride {info.get('stride')} px, colour {info.get('baseline')}",
          f"mode **{info.get('mode')}**"]
 if info.get("approximate"):
-    notes.append("**approximate**: positions not evaluated are interpolated")
+    how = []
+    if info.get("quantized"):
+        how.append("8-bit arithmetic on the changes")
+    if info.get("interpolated"):
+        how.append(f"{info['interpolated']} positions interpolated (checked error "
+                   f"{100 * info['interpolation_error']:.1f}% of the range)")
+    elif info.get("drill_down"):
+        how.append("every position evaluated (the map was too irregular to interpolate)")
+    notes.append("**approximate**" + (": " + ", ".join(how) if how else ""))
 if info.get("fallback"):
     notes.append(str(info["fallback"]))
 st.markdown(" · ".join(notes))

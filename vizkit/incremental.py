@@ -11,8 +11,13 @@ same size for every position of the batch.
 - Non-linear ops read the clean values under the box: ``f(c + d) - f(c)`` for element-wise
   activations, ``maxpool(c + d) - maxpool(c)`` with ``-inf`` beyond the map.
 - Residual add and concat take the union of their inputs' boxes.
+- Global average pooling and ``flatten`` turn the box into a whole change (:class:`Dense`),
+  which linear layers, activations, add and concat carry on.
 - Anything else, or a box covering most of its map, materializes ``clean + delta`` and runs the
   rest of the graph in full, so every model is handled exactly, only less quickly.
+- Approximate mode (``quantized``) runs convolutions and linear layers on the change in 8 bits
+  (:mod:`vizkit.int8`) and never goes full: there, a whole-map change in 8 bits is cheaper
+  than the float32 layer.
 
 Positions in one batch are congruent modulo the network's total stride, so every crop of the
 batch needs the same padding: each op is one dense call on a B×C×h×w tensor.
@@ -20,6 +25,7 @@ batch needs the same padding: each op is one dense call on a B×C×h×w tensor.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import threading
@@ -32,6 +38,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+
+from vizkit.int8 import Int8Kernels, available
 
 # A node's box covering at least this fraction of its map is cheaper to compute in full.
 FULL_FRACTION = 0.55
@@ -84,6 +92,9 @@ class Crop:
     xs: np.ndarray
     height: int
     width: int
+    # False when ``delta`` is another node's too (passed through unchanged): not to be
+    # modified in place.
+    owned: bool = True
 
     @property
     def h(self) -> int:
@@ -92,6 +103,14 @@ class Crop:
     @property
     def w(self) -> int:
         return self.delta.shape[-1]
+
+
+@dataclass
+class Dense:
+    """The change of one node for a batch, whole: ``delta`` is B× the clean value's shape
+    (past global pooling or ``flatten``, where no box is left to track)."""
+
+    delta: torch.Tensor
 
 
 def _pair(v) -> tuple[int, int]:
@@ -117,6 +136,20 @@ def _axis_window(starts: np.ndarray, size: int, k: int, s: int, p: int, d: int):
     return first, n, before, after
 
 
+def _windows(padded: torch.Tensor, ys: np.ndarray, xs: np.ndarray, h: int, w: int
+             ) -> torch.Tensor:
+    """The h×w windows of ``padded`` (1×C×H×W, channels-last) at ``(ys, xs)``: B×C×h×w.
+
+    Changes are kept channels-last throughout: oneDNN's convolutions and max-pooling are
+    fastest there (NCHW max-pooling is ~10× slower), and mixing layouts makes element-wise
+    ops strided. Indexing an H'×W'×h×w×C view copies the windows once, channels innermost.
+    """
+    windows = padded[0].unfold(1, h, 1).unfold(2, w, 1).permute(1, 2, 3, 4, 0)
+    iy = torch.as_tensor(ys, device=padded.device)
+    ix = torch.as_tensor(xs, device=padded.device)
+    return windows[iy, ix].permute(0, 3, 1, 2)
+
+
 class IncrementalOcclusion:
     """Evaluates a model on many occluded copies of one image, recomputing only what changes.
 
@@ -126,6 +159,9 @@ class IncrementalOcclusion:
         watch: node name whose value is also reported (layer activation drop), or ``None``.
         cap_fraction: approximate mode (projective-field thresholding): the change of a node is
             kept only on a centred box of at most this fraction of its map side; ``None`` is exact.
+        quantized: approximate mode: convolutions and linear layers act on the change with
+            8-bit operands (:mod:`vizkit.int8`, CPU only; ignored where unavailable), and no
+            node is ever recomputed in full, so every layer runs on the change.
     """
 
     def __init__(
@@ -134,6 +170,7 @@ class IncrementalOcclusion:
         x: torch.Tensor,
         watch: str | None = None,
         cap_fraction: float | None = None,
+        quantized: bool = False,
     ):
         self.module = module
         self.graph = traced_graph(module)
@@ -141,6 +178,8 @@ class IncrementalOcclusion:
         self.submodules = dict(module.named_modules())
         self.watch = watch
         self.cap_fraction = cap_fraction
+        self.int8 = Int8Kernels() if quantized and available(x.device) else None
+        self.full_fraction = math.inf if self.int8 is not None else FULL_FRACTION
         self.depends = self._input_dependence()
         self.clean: dict[fx.Node, torch.Tensor] = {}
         self._padded: dict[tuple[fx.Node, float], tuple[int, torch.Tensor]] = {}
@@ -223,7 +262,7 @@ class IncrementalOcclusion:
         if cached is None or cached[0] < margin:
             margin = max(margin, 8)
             padded = F.pad(self.clean[node], (margin,) * 4, value=fill)
-            cached = (margin, padded)
+            cached = (margin, padded.contiguous(memory_format=torch.channels_last))
             self._padded[key] = cached
         return cached
 
@@ -234,15 +273,15 @@ class IncrementalOcclusion:
         need = max(0, -int(ys.min()), -int(xs.min()), int(ys.max()) + h - height,
                    int(xs.max()) + w - width)
         margin, padded = self._padded_clean(node, fill, need)
-        # H'×W'×C×h×w view: indexing its first two dims copies the windows once, batch first.
-        windows = padded[0].unfold(1, h, 1).unfold(2, w, 1).permute(1, 2, 0, 3, 4)
-        iy = torch.as_tensor(ys + margin, device=clean.device)
-        ix = torch.as_tensor(xs + margin, device=clean.device)
-        return windows[iy, ix]
+        return _windows(padded, ys + margin, xs + margin, h, w)
 
     def _materialize(self, node: fx.Node, crop: Crop) -> torch.Tensor:
         clean = self.clean[node]
-        full = clean.expand(crop.delta.shape[0], *clean.shape[1:]).clone()
+        return self._scatter(clean.expand(crop.delta.shape[0], *clean.shape[1:]).clone(), crop)
+
+    @staticmethod
+    def _scatter(full: torch.Tensor, crop: Crop) -> torch.Tensor:
+        """Adds each position's box of ``crop`` into ``full`` (B×C×H×W), in place."""
         for b, (y, x) in enumerate(zip(crop.ys.tolist(), crop.xs.tolist(), strict=True)):
             y0, x0 = max(y, 0), max(x, 0)
             y1, x1 = min(y + crop.h, crop.height), min(x + crop.w, crop.width)
@@ -269,13 +308,30 @@ class IncrementalOcclusion:
         if masked:
             mask = self._outside_mask(crop)
             if mask is not None:
-                crop.delta = torch.where(mask, crop.delta, torch.zeros((), dtype=crop.delta.dtype,
-                                                                        device=crop.delta.device))
+                crop.delta = crop.delta.masked_fill_(~mask, 0.0)
+        crop = self._trim(crop)
         if self.cap_fraction is not None:
             crop = self._cap(crop)
-        if crop.h * crop.w >= FULL_FRACTION * crop.height * crop.width:
+        if crop.h * crop.w >= self.full_fraction * crop.height * crop.width:
             return self._materialize(node, crop)
         return crop
+
+    @staticmethod
+    def _trim(crop: Crop) -> Crop:
+        """Drops the box's rows and columns that lie outside the map for every position.
+
+        Exact: the change is zero there. It keeps a box that has grown past the map's edges
+        (a whole-map change, whose halo would otherwise grow with every convolution) at the
+        map's size.
+        """
+        top, left = max(0, -int(crop.ys.max())), max(0, -int(crop.xs.max()))
+        bottom = max(0, int(crop.ys.min()) + crop.h - crop.height)
+        right = max(0, int(crop.xs.min()) + crop.w - crop.width)
+        if not (top or left or bottom or right) or top + bottom >= crop.h \
+                or left + right >= crop.w:
+            return crop
+        delta = crop.delta[:, :, top:crop.h - bottom, left:crop.w - right]
+        return Crop(delta, crop.ys + top, crop.xs + left, crop.height, crop.width)
 
     def _cap(self, crop: Crop) -> Crop:
         """Projective-field thresholding: keep the change on a centred box only (approximate)."""
@@ -311,11 +367,12 @@ class IncrementalOcclusion:
         ox, nw, left, right = _axis_window(crop.xs, crop.w, k[1], s[1], p[1], d[1])
         if isinstance(mod, nn.Conv2d):
             if top == bottom >= 0 and left == right >= 0:  # the convolution pads, no copy
-                delta = F.conv2d(crop.delta, mod.weight, None, mod.stride, (top, left),
-                                 mod.dilation, mod.groups)
+                window, padding = crop.delta, (top, left)
             else:
-                window = F.pad(crop.delta, (left, right, top, bottom))
-                delta = F.conv2d(window, mod.weight, None, mod.stride, 0, mod.dilation,
+                window, padding = F.pad(crop.delta, (left, right, top, bottom)), (0, 0)
+            delta = None if self.int8 is None else self.int8.conv2d(window, mod, padding)
+            if delta is None:
+                delta = F.conv2d(window, mod.weight, None, mod.stride, padding, mod.dilation,
                                  mod.groups)
         elif isinstance(mod, nn.AvgPool2d):
             window = F.pad(crop.delta, (left, right, top, bottom))
@@ -332,10 +389,9 @@ class IncrementalOcclusion:
             clean_out = self._gather(node, 0.0, oy, ox, nh, nw)
             out = Crop(pooled, oy, ox, out_h, out_w)
             mask = self._outside_mask(out)
-            delta = pooled - clean_out
+            delta = pooled.sub_(clean_out)
             if mask is not None:
-                delta = torch.where(mask, delta, torch.zeros((), dtype=delta.dtype,
-                                                             device=delta.device))
+                delta.masked_fill_(~mask, 0.0)
             out.delta = delta
             return self._finish(node, out, masked=False)
         return self._finish(node, Crop(delta, oy, ox, out_h, out_w))
@@ -345,13 +401,18 @@ class IncrementalOcclusion:
         source = node.all_input_nodes[0]
         clean = self._gather(source, 0.0, crop.ys, crop.xs, crop.h, crop.w)
         if fn is F.relu:
-            before = F.relu(clean)
-            delta = clean.add_(crop.delta).relu_().sub_(before)
+            if crop.owned and len(source.users) == 1 and source.name != self.watch:
+                # Nothing else reads the input's change: no new tensor at all.
+                delta = crop.delta.add_(clean).relu_().sub_(clean.relu_())
+            else:
+                before = F.relu(clean)
+                delta = clean.add_(crop.delta).relu_().sub_(before)
         else:
             delta = fn(clean + crop.delta) - fn(clean)
-        # f(0) may be non-zero (sigmoid); the change outside the map must stay zero.
+        # Outside the map both the change and the gathered clean value are 0, and
+        # f(0 + 0) - f(0) = 0: no mask needed.
         out = Crop(delta, crop.ys, crop.xs, crop.height, crop.width)
-        return self._finish(node, out)
+        return self._finish(node, out, masked=False)
 
     def _union(self, crops: list[Crop]) -> list[Crop]:
         """Pads every crop to the union of their boxes (same geometry for the whole batch)."""
@@ -370,19 +431,78 @@ class IncrementalOcclusion:
             out.append(Crop(F.pad(c.delta, pads), c.ys - top, c.xs - left, c.height, c.width))
         return out
 
-    def _incremental_op(self, node: fx.Node, env: dict) -> Crop | torch.Tensor | None:
+    @staticmethod
+    def _module_fn(mod: nn.Module) -> Callable | None:
+        """The element-wise function of an activation module, or ``None`` (in-place ones)."""
+        if isinstance(mod, nn.ReLU):
+            return F.relu
+        if isinstance(mod, nn.Hardtanh):  # ReLU6 included
+            return lambda t: F.hardtanh(t, mod.min_val, mod.max_val)
+        if getattr(mod, "inplace", False):
+            return None
+        return mod.forward
+
+    @staticmethod
+    def _function_fn(node: fx.Node) -> Callable | None:
+        """The element-wise function a ``call_function`` node applies to its one input."""
+        target = node.target
+        if target not in _ELEMENTWISE_FUNCTIONS or len(node.all_input_nodes) != 1 \
+                or not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        if target in (F.relu, torch.relu):
+            return F.relu
+        kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+        extra = node.args[1:] if target in (F.hardtanh,) else ()
+        if target in (F.relu6, F.silu) and len(node.args) > 1:
+            extra = ()  # the positional 'inplace' flag
+        return lambda t: target(t, *extra, **kwargs)
+
+    @staticmethod
+    def _flatten_dims(node: fx.Node, mod: nn.Module | None) -> tuple[int, int] | None:
+        """``(start, end)`` of a flatten that keeps the batch dimension, else ``None``."""
+        if isinstance(mod, nn.Flatten):
+            start, end = mod.start_dim, mod.end_dim
+        elif node.op == "call_function" and node.target is torch.flatten:
+            start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
+            end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
+        else:
+            return None
+        return (start, end) if isinstance(start, int) and start >= 1 else None
+
+    def _global_average(self, node: fx.Node, mod: nn.Module | None) -> bool:
+        """Whether the node averages each channel over its whole map (to 1×1)."""
+        if isinstance(mod, nn.AdaptiveAvgPool2d):
+            size = mod.output_size
+        elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+            size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+        else:
+            return False
+        return size in (1, (1, 1), [1, 1]) and tuple(self.clean[node].shape[-2:]) == (1, 1)
+
+    def _incremental_op(self, node: fx.Node, env: dict) -> Crop | Dense | torch.Tensor | None:
         """The node's change from its inputs' changes, or ``None`` when it must run in full."""
         inputs = [env[a] for a in node.all_input_nodes]
+        if any(isinstance(v, Dense) for v in inputs):
+            return self._dense_op(node, inputs)
         crops = [v for v in inputs if isinstance(v, Crop)]
         if not crops:
             return None
-        if node.op == "call_module":
-            mod = self.submodules[node.target]
+        mod = self.submodules[node.target] if node.op == "call_module" else None
+        if len(inputs) == 1 and (mod is None or not node.kwargs):
+            crop = crops[0]
+            flatten = self._flatten_dims(node, mod)
+            if flatten is not None:
+                return Dense(self._scatter(torch.zeros(
+                    crop.delta.shape[0], *self.clean[node.all_input_nodes[0]].shape[1:],
+                    dtype=crop.delta.dtype, device=crop.delta.device), crop).flatten(*flatten))
+            if self._global_average(node, mod):
+                return Dense(crop.delta.sum((-2, -1), keepdim=True) / (crop.height * crop.width))
+        if mod is not None:
             if len(node.all_input_nodes) != 1 or node.kwargs:
                 return None
             crop = crops[0]
             if isinstance(mod, _PASS_THROUGH) and not mod.training:
-                return crop
+                return dataclasses.replace(crop, owned=False)
             if isinstance(mod, nn.BatchNorm2d):
                 if mod.training or mod.running_var is None:
                     return None
@@ -392,31 +512,18 @@ class IncrementalOcclusion:
                 return Crop(crop.delta * scale.view(1, -1, 1, 1), crop.ys, crop.xs,
                             crop.height, crop.width)
             if isinstance(mod, _ELEMENTWISE):
-                fn = mod.forward
-                if isinstance(mod, nn.ReLU):
-                    fn = F.relu
-                elif isinstance(mod, nn.Hardtanh):
-                    fn = lambda t, m=mod: F.hardtanh(t, m.min_val, m.max_val)  # noqa: E731
-                elif getattr(mod, "inplace", False):
-                    return None
-                return self._elementwise(node, crop, fn)
+                fn = self._module_fn(mod)
+                return None if fn is None else self._elementwise(node, crop, fn)
             if isinstance(mod, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
                 if tuple(self.clean[node].shape[-2:]) == (crop.height, crop.width):
-                    return crop
+                    return dataclasses.replace(crop, owned=False)
                 return None
             return self._window_op(node, crop, mod)
         if node.op == "call_function":
             target = node.target
-            if target in _ELEMENTWISE_FUNCTIONS and len(node.all_input_nodes) == 1 \
-                    and node.args and isinstance(node.args[0], fx.Node):
-                kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
-                extra = node.args[1:] if target in (F.hardtanh,) else ()
-                if target in (F.relu, F.relu6, F.silu) and len(node.args) > 1:
-                    extra = ()  # the positional 'inplace' flag
-                if target in (F.relu, torch.relu):
-                    return self._elementwise(node, crops[0], F.relu)
-                return self._elementwise(node, crops[0],
-                                         lambda t: target(t, *extra, **kwargs))
+            fn = self._function_fn(node)
+            if fn is not None:
+                return self._elementwise(node, crops[0], fn)
             if target in _ADD and len(node.args) == 2 and not node.kwargs \
                     and len(crops) == 2 and len(inputs) == 2:
                 a, b = self._union(crops)
@@ -431,6 +538,47 @@ class IncrementalOcclusion:
                             parts[0].height, parts[0].width)
         return None
 
+    def _dense_op(self, node: fx.Node, inputs: list) -> Dense | None:
+        """A whole change through linear layers, activations, flatten, add and concat."""
+        if not all(isinstance(v, Dense) for v in inputs):
+            return None
+        deltas = [v.delta for v in inputs]
+        mod = self.submodules[node.target] if node.op == "call_module" else None
+        if mod is not None:
+            if len(deltas) != 1 or node.kwargs:
+                return None
+            delta = deltas[0]
+            if isinstance(mod, _PASS_THROUGH) and not mod.training:
+                return inputs[0]
+            if isinstance(mod, nn.Linear):
+                out = None
+                if self.int8 is not None and delta.dim() == 2:
+                    out = self.int8.linear(delta, mod)
+                return Dense(F.linear(delta, mod.weight) if out is None else out)
+            if isinstance(mod, _ELEMENTWISE):
+                fn = self._module_fn(mod)
+                if fn is None:
+                    return None
+                clean = self.clean[node.all_input_nodes[0]]
+                return Dense(fn(clean + delta) - fn(clean))
+        flatten = self._flatten_dims(node, mod)
+        if flatten is not None and len(deltas) == 1:
+            return Dense(deltas[0].flatten(*flatten))
+        if node.op == "call_function":
+            fn = self._function_fn(node)
+            if fn is not None:
+                clean = self.clean[node.all_input_nodes[0]]
+                return Dense(fn(clean + deltas[0]) - fn(clean))
+            if node.target in _ADD and len(node.args) == 2 and not node.kwargs \
+                    and len(deltas) == 2:
+                return Dense(deltas[0] + deltas[1])
+            if node.target is torch.cat and isinstance(node.args[0], (list, tuple)) \
+                    and len(node.args[0]) == len(deltas):
+                dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+                if isinstance(dim, int) and dim % deltas[0].dim() != 0:
+                    return Dense(torch.cat(deltas, dim))
+        return None
+
     # ------------------------------------------------------------------ batch evaluation
     def input_crop(self, baseline: torch.Tensor, ys: np.ndarray, xs: np.ndarray,
                    patch: int) -> Crop:
@@ -439,12 +587,10 @@ class IncrementalOcclusion:
         diff = baseline.expand_as(self.x) - self.x
         key = (placeholder, "diff")
         if key not in self._padded:
-            self._padded[key] = (patch, F.pad(diff, (patch,) * 4))
+            padded = F.pad(diff, (patch,) * 4).contiguous(memory_format=torch.channels_last)
+            self._padded[key] = (patch, padded)
         margin, padded = self._padded[key]
-        windows = padded[0].unfold(1, patch, 1).unfold(2, patch, 1).permute(1, 2, 0, 3, 4)
-        iy = torch.as_tensor(ys + margin, device=diff.device)
-        ix = torch.as_tensor(xs + margin, device=diff.device)
-        delta = windows[iy, ix]
+        delta = _windows(padded, ys + margin, xs + margin, patch, patch)
         return Crop(delta, ys.copy(), xs.copy(), diff.shape[-2], diff.shape[-1])
 
     def run_batch(self, baseline: torch.Tensor, ys: np.ndarray, xs: np.ndarray, patch: int
@@ -476,7 +622,7 @@ class IncrementalOcclusion:
                     stats["incremental"] += 1
             env[node] = value
             if node.name == self.watch:
-                watched = value
+                watched = self._value(node, env) if isinstance(value, Dense) else value
             for a in node.all_input_nodes:  # free values no later node reads
                 if a in env and all(u in env for u in a.users):
                     env.pop(a)
@@ -486,4 +632,6 @@ class IncrementalOcclusion:
         value = env[node]
         if isinstance(value, Crop):
             return self._materialize(node, value)
+        if isinstance(value, Dense):
+            return self.clean[node] + value.delta
         return value

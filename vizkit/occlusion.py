@@ -10,8 +10,10 @@ Three modes compute the same thing:
 - ``"exact"`` (default): incremental inference (Krypton, Nakandala et al. 2019, see
   :mod:`vizkit.incremental`): only the patch's projective field is recomputed per position.
 - ``"full"``: one full forward pass per position (batched), the reference.
-- ``"approximate"``: adaptive drill-down (every other position first, the rest interpolated,
-  then the most sensitive positions evaluated) plus projective-field thresholding;
+- ``"approximate"``: convolutions and linear layers act on the change in 8 bits
+  (:mod:`vizkit.int8`, CPU), and a self-checking adaptive drill-down (every other position
+  plus a random sample first; if interpolating the coarse grid predicts the sample, only the
+  most sensitive positions are evaluated and the rest interpolated, otherwise all are);
   ``info["approximate"]`` is True.
 """
 
@@ -38,14 +40,24 @@ Baseline = str | float | tuple[float, float, float]
 MODES = ("exact", "approximate", "full")
 
 # Approximate mode: coarse grid step (in positions), share of the remaining positions then
-# evaluated exactly (the most sensitive by the interpolated map), projective-field cap.
-# Measured (SSIM of the approximate map against the exact one, patch 8 stride 2, trained
-# fashion-zf, first 20 bundled scenes): cap 0.75 → mean 0.884 (min 0.759), cap 0.5 → 0.783
-# (min 0.466), no cap → 0.887. On random-weight vgg16 at 224 (patch 16 stride 8) cap 0.5 saves
-# 11% of the time over 0.75, which saves nothing over no cap: a mild cap keeps the picture.
+# evaluated (the most sensitive by the interpolated map).
 COARSE_STEP = 2
 REFINE_FRACTION = 0.2
-CAP_FRACTION = 0.75
+# Projective-field thresholding (Krypton): keep a node's change on a centred box of at most
+# this share of its map side. Off by default: once changes run in 8 bits it saves no
+# measurable time (random-weight VGG16 at 224, patch 16 stride 8: 9.3 CPU-s with a 0.75 cap
+# or none), and it costs the picture: SSIM against exact, cap 0.75 vs none, VGG16 at 96 px
+# 0.44 vs 0.96, ResNet18 at 96 px 0.39 vs 0.96, AlexNet at 224 0.84 vs 0.99.
+CAP_FRACTION: float | None = None
+# Drill-down checks itself: after refining, a random share of the positions it would
+# interpolate is evaluated too, and compared with what interpolation (from the rest) predicted.
+# If that error's RMS exceeds this share of the scores' span, the map is too rough to
+# interpolate (a random-weight net's map is speckle) and every remaining position is evaluated.
+# Additive noise of 1.5% of the span on every position costs about 0.06 of SSIM.
+CHECK_FRACTION = 0.1
+INTERPOLATION_TOLERANCE = 0.015
+# Convolutions and linear layers act on the change in 8 bits (vizkit.int8; CPU only).
+QUANTIZED = True
 # Grids with fewer positions per side than this are evaluated whole (interpolating a coarse
 # sub-grid of a few cells loses the picture).
 DRILL_DOWN_MIN = 12
@@ -181,8 +193,10 @@ class _Evaluator:
         self.fallback: str | None = None
         if mode != "full" or watch is not None:
             try:
-                graph_cap = CAP_FRACTION if mode == "approximate" else None
-                self.inc = IncrementalOcclusion(m.module, x, cap_fraction=graph_cap)
+                approximate = mode == "approximate"
+                self.inc = IncrementalOcclusion(
+                    m.module, x, cap_fraction=CAP_FRACTION if approximate else None,
+                    quantized=approximate and QUANTIZED)
             except NotTraceable as error:
                 if watch is not None:
                     raise ValueError(f"{error}; a layer's activation drop needs a traceable "
@@ -341,10 +355,8 @@ def occlusion(
         features = np.full(grid.shape, np.nan)
         all_cells = [(iy, ix) for iy in range(grid.shape[0]) for ix in range(grid.shape[1])]
         drill_down = evaluator.mode == "approximate" and min(grid.shape) >= DRILL_DOWN_MIN
-        if drill_down:
-            stages, planned = _drill_down_stages(grid)
-        else:
-            stages, planned = [lambda _scores: all_cells], len(all_cells)
+        plan = _DrillDown(grid) if drill_down else None
+        stages = plan.stages if plan is not None else [lambda _scores: all_cells]
         done = 0
 
         def on_batch(chunk, batch_scores, batch_features) -> bool:
@@ -356,13 +368,14 @@ def occlusion(
                     features[iy, ix] = float(batch_features[i])
             done += len(chunk)
             if progress is not None:
-                return progress(done, planned) is not False
+                return progress(done, plan.planned if plan is not None else len(all_cells)) \
+                    is not False
             return True
 
         complete = True
         for stage in stages:
             cells = stage(scores)
-            if not evaluator.evaluate(cells, on_batch):
+            if cells and not evaluator.evaluate(cells, on_batch):
                 complete = False
                 break
         positions_s = time.perf_counter() - started - clean_s
@@ -372,7 +385,8 @@ def occlusion(
 
     evaluated = ~np.isnan(scores)
     approximate = evaluator.mode == "approximate"
-    if drill_down and complete:
+    interpolated = drill_down and complete and not evaluated.all()
+    if interpolated:
         estimated = _interpolate(scores, evaluated)
     else:
         estimated = scores
@@ -390,6 +404,9 @@ def occlusion(
         "mode": evaluator.mode,
         "approximate": approximate,
         "drill_down": drill_down,
+        "interpolated": int((~evaluated).sum()) if interpolated else 0,
+        "interpolation_error": plan.interpolation_error if plan is not None else None,
+        "quantized": evaluator.inc is not None and evaluator.inc.int8 is not None,
         "evaluated": int(evaluated.sum()),
         "total_positions": int(scores.size),
         "complete": complete,
@@ -408,7 +425,7 @@ def occlusion(
     if mode != "full":
         info["nodes"] = dict(evaluator.stats)
     if layer is not None:
-        feature_est = _interpolate(features, evaluated) if drill_down and complete else features
+        feature_est = _interpolate(features, evaluated) if interpolated else features
         feature_drop = clean_total - feature_est
         info.update(channel=int(channel), feature_clean=clean_total,
                     feature_grid=feature_est.astype(np.float32),
@@ -433,21 +450,50 @@ def _full_time_estimate(evaluator: _Evaluator, grid: _Grid, cells: list[tuple[in
     return (time.perf_counter() - start) * len(cells) / len(sample)
 
 
-def _drill_down_stages(grid: _Grid) -> tuple[list[Callable], int]:
-    """Adaptive drill-down: a coarse sub-grid, then the most sensitive remaining positions.
+class _DrillDown:
+    """Adaptive drill-down that checks itself.
 
-    Returns the stages (each maps the scores so far to the cells to evaluate) and their total.
+    First a coarse sub-grid, together with a random sample of the other positions (seeded, so
+    runs repeat). Then, if interpolating the coarse grid predicted that sample well (see
+    ``INTERPOLATION_TOLERANCE``), only the most sensitive remaining positions are evaluated and
+    the rest interpolated; otherwise every remaining position is.
+
+    ``stages`` map the scores so far to the cells to evaluate next; ``planned`` is the number
+    of positions to evaluate, as far as known.
     """
-    ny, nx = grid.shape
 
-    def coarse_axis(n: int) -> list[int]:
-        idx = list(range(0, n, COARSE_STEP))
-        return idx if idx[-1] == n - 1 else [*idx, n - 1]
+    def __init__(self, grid: _Grid):
+        ny, nx = self.shape = grid.shape
 
-    coarse = [(iy, ix) for iy in coarse_axis(ny) for ix in coarse_axis(nx)]
+        def coarse_axis(n: int) -> list[int]:
+            idx = list(range(0, n, COARSE_STEP))
+            return idx if idx[-1] == n - 1 else [*idx, n - 1]
 
-    def refine(scores: np.ndarray) -> list[tuple[int, int]]:
+        coarse = [(iy, ix) for iy in coarse_axis(ny) for ix in coarse_axis(nx)]
+        on_lattice = set(coarse)
+        others = [(iy, ix) for iy in range(ny) for ix in range(nx) if (iy, ix) not in on_lattice]
+        picks = np.random.default_rng(0).choice(
+            len(others), size=math.ceil(CHECK_FRACTION * len(others)), replace=False)
+        self.checked = [others[i] for i in sorted(picks)]
+        self.first = coarse + self.checked
+        left = ny * nx - len(self.first)
+        self.planned = len(self.first) + math.ceil(REFINE_FRACTION * left)
+        self.interpolation_error: float | None = None
+        self.stages = [lambda _scores: self.first, self._then]
+
+    def _then(self, scores: np.ndarray) -> list[tuple[int, int]]:
+        known = ~np.isnan(scores)
+        for c in self.checked:  # predict the sample from the coarse grid alone
+            known[c] = False
+        predicted = _interpolate(np.where(known, scores, np.nan), known)
+        error = np.array([scores[c] - predicted[c] for c in self.checked])
+        span = float(np.ptp(scores[~np.isnan(scores)])) or 1.0
+        self.interpolation_error = float(np.sqrt(np.mean(error ** 2))) / span if len(error) else 0.0
         evaluated = ~np.isnan(scores)
+        left = [(int(iy), int(ix)) for iy, ix in zip(*np.nonzero(~evaluated), strict=True)]
+        if self.interpolation_error > INTERPOLATION_TOLERANCE:
+            self.planned = len(self.first) + len(left)
+            return left
         estimate = _interpolate(scores, evaluated)
         # Sensitive: far from the typical (median) score, or where neighbouring estimates
         # disagree (the interpolation is least trustworthy there).
@@ -455,12 +501,8 @@ def _drill_down_stages(grid: _Grid) -> tuple[list[Callable], int]:
         windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3))
         spread = windows.max((-2, -1)) - windows.min((-2, -1))
         sensitivity = np.abs(estimate - np.median(estimate[evaluated])) + spread
-        candidates = [(iy, ix) for iy in range(ny) for ix in range(nx) if not evaluated[iy, ix]]
-        candidates.sort(key=lambda c: -sensitivity[c])
-        return candidates[:math.ceil(REFINE_FRACTION * len(candidates))]
-
-    refined = math.ceil(REFINE_FRACTION * (ny * nx - len(coarse)))
-    return [lambda _scores: coarse, refine], len(coarse) + refined
+        left.sort(key=lambda c: -sensitivity[c])
+        return left[:math.ceil(REFINE_FRACTION * len(left))]
 
 
 def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:

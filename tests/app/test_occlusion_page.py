@@ -35,4 +35,4 @@ def test_occlusion_on_a_sample_photo(bundled_ready):
     at.radio(key="occ_mode").set_value("approximate").run()
     at.button(key="occ_go").click().run()
     assert_clean(at)
-    assert any("**approximate**" in x.value for x in at.markdown)
+    assert any("**approximate**" in x.value and "8-bit" in x.value for x in at.markdown)
