@@ -142,12 +142,21 @@ def _windows(padded: torch.Tensor, ys: np.ndarray, xs: np.ndarray, h: int, w: in
 
     Changes are kept channels-last throughout: oneDNN's convolutions and max-pooling are
     fastest there (NCHW max-pooling is ~10× slower), and mixing layouts makes element-wise
-    ops strided. Indexing an H'×W'×h×w×C view copies the windows once, channels innermost.
+    ops strided. Each window's rows are runs of w×C contiguous values, copied one position
+    at a time into a channels-last batch: 2–3× faster than advanced indexing from 128
+    channels up, a little slower below.
     """
-    windows = padded[0].unfold(1, h, 1).unfold(2, w, 1).permute(1, 2, 3, 4, 0)
-    iy = torch.as_tensor(ys, device=padded.device)
-    ix = torch.as_tensor(xs, device=padded.device)
-    return windows[iy, ix].permute(0, 3, 1, 2)
+    channels = padded.shape[1]
+    hwc = padded[0].permute(1, 2, 0)  # H×W×C view, contiguous
+    if channels < 128:
+        windows = hwc.unfold(0, h, 1).unfold(1, w, 1).permute(0, 1, 3, 4, 2)  # H'×W'×h×w×C
+        iy = torch.as_tensor(ys, device=padded.device)
+        ix = torch.as_tensor(xs, device=padded.device)
+        return windows[iy, ix].permute(0, 3, 1, 2)
+    out = torch.empty((len(ys), h, w, channels), dtype=padded.dtype, device=padded.device)
+    for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist(), strict=True)):
+        out[i] = hwc[y:y + h, x:x + w]
+    return out.permute(0, 3, 1, 2)
 
 
 class IncrementalOcclusion:
