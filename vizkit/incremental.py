@@ -299,25 +299,27 @@ class IncrementalOcclusion:
         return full
 
     @staticmethod
-    def _outside_mask(crop: Crop) -> torch.Tensor | None:
-        """B×1×h×w mask of the box cells inside the map, or ``None`` when all are."""
-        ys, xs = crop.ys, crop.xs
-        if ys.min() >= 0 and xs.min() >= 0 and ys.max() + crop.h <= crop.height \
-                and xs.max() + crop.w <= crop.width:
-            return None
-        ry = ys[:, None] + np.arange(crop.h)[None]
-        rx = xs[:, None] + np.arange(crop.w)[None]
-        my = (ry >= 0) & (ry < crop.height)
-        mx = (rx >= 0) & (rx < crop.width)
-        mask = my[:, :, None] & mx[:, None, :]
-        return torch.as_tensor(mask[:, None], device=crop.delta.device)
+    def _zero_outside(crop: Crop) -> None:
+        """Zeroes, in place, the box cells that lie outside the map.
+
+        Only the border strips are touched: positions are grouped by how many of their
+        leading (trailing) rows or columns are outside, one ``index_fill_`` per group.
+        """
+        delta = crop.delta
+        for dim, starts, size, length in ((2, crop.ys, crop.h, crop.height),
+                                          (3, crop.xs, crop.w, crop.width)):
+            before = np.clip(-starts, 0, size)
+            after = np.clip(starts + size - length, 0, size)
+            for counts, at_end in ((before, False), (after, True)):
+                for k in np.unique(counts[counts > 0]).tolist():
+                    rows = torch.as_tensor(np.nonzero(counts == k)[0], device=delta.device)
+                    strip = delta.narrow(dim, size - k if at_end else 0, k)
+                    strip.index_fill_(0, rows, 0.0)
 
     def _finish(self, node: fx.Node, crop: Crop, masked: bool = True) -> Crop | torch.Tensor:
         """Zeroes the change outside the map, caps it (approximate), or goes full."""
         if masked:
-            mask = self._outside_mask(crop)
-            if mask is not None:
-                crop.delta = crop.delta.masked_fill_(~mask, 0.0)
+            self._zero_outside(crop)
         crop = self._trim(crop)
         if self.cap_fraction is not None:
             crop = self._cap(crop)
@@ -396,13 +398,8 @@ class IncrementalOcclusion:
                 window += F.pad(crop.delta, (left, right, top, bottom))
             pooled = F.max_pool2d(window, k, s, 0, d)
             clean_out = self._gather(node, 0.0, oy, ox, nh, nw)
-            out = Crop(pooled, oy, ox, out_h, out_w)
-            mask = self._outside_mask(out)
-            delta = pooled.sub_(clean_out)
-            if mask is not None:
-                delta.masked_fill_(~mask, 0.0)
-            out.delta = delta
-            return self._finish(node, out, masked=False)
+            # Cells outside the map pooled -inf (or a value) against a clean 0: zeroed.
+            return self._finish(node, Crop(pooled.sub_(clean_out), oy, ox, out_h, out_w))
         return self._finish(node, Crop(delta, oy, ox, out_h, out_w))
 
     def _elementwise(self, node: fx.Node, crop: Crop, fn: Callable) -> Crop:

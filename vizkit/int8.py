@@ -101,6 +101,15 @@ def _packed(mod: nn.Module, key: tuple, pack) -> tuple:
     return cached
 
 
+# A convolution summing fewer products per output than this (VGG16's first layer: 3×3×3;
+# depthwise layers: 3×3) runs at a few percent of the 8-bit kernel's throughput: float32.
+MIN_REDUCTION = 64
+
+
+def _reduction(mod: nn.Conv2d) -> int:
+    return mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+
+
 class Int8Kernels:
     """The change-only conv/linear with 8-bit operands, float32 out.
 
@@ -115,7 +124,7 @@ class Int8Kernels:
                ) -> torch.Tensor | None:
         """``conv2d(delta, mod.weight, no bias)`` with 8-bit operands, float32 out (channels-last)."""
         key = ("conv", tuple(padding))
-        if (id(mod), key) in self._refused:
+        if (id(mod), key) in self._refused or _reduction(mod) < MIN_REDUCTION:
             return None
         stride, dilation, padding = list(mod.stride), list(mod.dilation), list(padding)
         try:
