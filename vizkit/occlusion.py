@@ -452,9 +452,10 @@ def _full_time_estimate(evaluator: _Evaluator, grid: _Grid, cells: list[tuple[in
 class _DrillDown:
     """Adaptive drill-down that checks itself.
 
-    First a coarse sub-grid, together with a sample of the other positions. Then, if interpolating the coarse grid predicted that sample well (see
-    ``INTERPOLATION_TOLERANCE``), only the most sensitive remaining positions are evaluated and
-    the rest interpolated; otherwise every remaining position is.
+    First a coarse sub-grid, together with a sample of the other positions. Then, if
+    interpolating the coarse grid predicted that sample well (see ``INTERPOLATION_TOLERANCE``),
+    only the most sensitive remaining positions are evaluated and the rest interpolated;
+    otherwise every remaining position is.
 
     ``stages`` map the scores so far to the cells to evaluate next; ``planned`` is the number
     of positions to evaluate, as far as known.
