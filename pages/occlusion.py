@@ -16,8 +16,8 @@ MODE_HELP = {
              "the same map as full inference",
     "approximate": "8-bit arithmetic on what each patch changes, and coarse-to-fine: a sparse grid "
                    "first; if it predicts a random sample of the rest, only where the map changes is "
-                   "evaluated and the rest interpolated. About 2× faster than exact on large models "
-                   "on a CPU; the map looks alike but is not equal",
+                   "evaluated and the rest interpolated. On a CPU, about 2.3× faster than exact on "
+                   "VGG16; the map looks alike but is not equal",
     "full": "one full forward pass per patch position (captum's Occlusion)",
 }
 
