@@ -15,7 +15,7 @@ MODE_HELP = {
     "exact": "incremental inference: only the activations a patch changes are recomputed (Krypton); "
              "the same map as full inference",
     "approximate": "8-bit arithmetic on what each patch changes, and coarse-to-fine: a sparse grid "
-                   "first; if it predicts a random sample of the rest, only where the map changes is "
+                   "first; if it predicts a sample of the rest, only where the map changes is "
                    "evaluated and the rest interpolated. On a CPU, about 2.3× faster than exact on "
                    "VGG16; the map looks alike but is not equal",
     "full": "one full forward pass per patch position (captum's Occlusion)",
