@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.occlusion import MODES, occlusion
+from vizkit.occlusion import MODES, approximation_summary, occlusion
 
 PAGE = "occlusion"
 RUNNING = "occ_running"
@@ -89,16 +89,9 @@ cols[4].metric("Positions evaluated", f"{info.get('evaluated', '?')}/{info.get('
 notes = [f"Class **{m.classes[result.target]}**" if result.target is not None else "Callable target",
          f"patch {info.get('patch')} px, stride {info.get('stride')} px, colour {info.get('baseline')}",
          f"mode **{info.get('mode')}**"]
-if info.get("approximate"):
-    how = []
-    if info.get("quantized"):
-        how.append("8-bit arithmetic on the changes")
-    if info.get("interpolated"):
-        how.append(f"{info['interpolated']} positions interpolated (checked error "
-                   f"{100 * info['interpolation_error']:.1f}% of the range)")
-    elif info.get("drill_down"):
-        how.append("every position evaluated (the map was too irregular to interpolate)")
-    notes.append("**approximate**" + (": " + ", ".join(how) if how else ""))
+summary = approximation_summary(info)
+if summary:
+    notes.append(f"**approximate**: {summary}")
 if info.get("fallback"):
     notes.append(str(info["fallback"]))
 st.markdown(" · ".join(notes))

@@ -616,6 +616,21 @@ def test_cli_writes_png(tmp_path):
         assert im.size == (64, 64)
 
 
+def test_cli_says_how_an_approximate_map_was_made(tmp_path, capsys):
+    from PIL import Image
+
+    from vizkit.__main__ import main
+
+    src = tmp_path / "in.png"
+    Image.fromarray(random_image(64, 64, seed=3)).save(src)
+    out = tmp_path / "out.png"
+    assert main(["occlusion", str(src), "--model", "fashion-zf", "--out", str(out), "--patch", "8",
+                 "--stride", "4", "--mode", "approximate"]) == 0
+    printed = capsys.readouterr().out
+    assert "approximate: 8-bit arithmetic on the changes" in printed
+    assert ("interpolated (checked error" in printed) != ("every position evaluated" in printed)
+
+
 def test_projective_field_cap_keeps_a_centred_box():
     """Krypton's thresholding (off by default, see CAP_FRACTION): a change is cut to a centred
     box of at most the given share of its map, and the positions' corners move with it."""

@@ -531,6 +531,21 @@ def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     return out
 
 
+def approximation_summary(info: dict) -> str | None:
+    """How an approximate map was made, in words (``None`` for an exact or full one)."""
+    if not info.get("approximate"):
+        return None
+    how = []
+    if info.get("quantized"):
+        how.append("8-bit arithmetic on the changes")
+    if info.get("interpolated"):
+        how.append(f"{info['interpolated']} positions interpolated (checked error "
+                   f"{100 * info['interpolation_error']:.1f}% of the range)")
+    elif info.get("drill_down"):
+        how.append("every position evaluated (the map was too irregular to interpolate)")
+    return ", ".join(how) or "approximate"
+
+
 # ---------------------------------------------------------------------- command line
 def add_occlusion_arguments(parser) -> None:
     """``python -m vizkit occlusion IMAGE --model M --out OUT.png``."""
@@ -578,4 +593,7 @@ def run_occlusion(args) -> int:
     t = result.info["timings"]["total_s"]
     print(f"class {result.target} ({m.classes[result.target]}): p={result.info['clean_probability']:.4f}; "
           f"most damaging patch {result.info['box']}; {result.info['mode']} in {t:.2f} s → {args.out}")
+    summary = approximation_summary(result.info)
+    if summary:
+        print(f"approximate: {summary}")
     return 0
