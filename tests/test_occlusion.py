@@ -412,6 +412,17 @@ def test_progress_reports_and_stops(tiny):
                        full.info["probability_grid"][evaluated], atol=1e-7)
 
 
+def test_stopping_approximate_mode_interpolates_nothing():
+    """A stopped drill-down keeps what it evaluated, NaN elsewhere, and claims no interpolation."""
+    m, img, logit = smooth_case(40)
+    stopped = occlusion(m, img, logit, patch=6, stride=2, mode="approximate",
+                        progress=lambda done, total: done < 20)
+    info = stopped.info
+    assert info["complete"] is False and info["interpolated"] == 0
+    grid = info["probability_grid"]
+    assert 20 <= info["evaluated"] == int((~np.isnan(grid)).sum()) < info["total_positions"]
+
+
 def test_concurrent_calls_match_serial():
     m = all_ops_model(24)
     img = random_image(24, 24, seed=11)
