@@ -18,7 +18,7 @@ import vizkit.incremental as incremental
 from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
 from vizkit.hooks import hook_count
 from vizkit.models import LoadedModel, wrap_module
-from vizkit.occlusion import baseline_value, occlusion, patch_grid
+from vizkit.occlusion import approximation_summary, baseline_value, occlusion, patch_grid
 
 
 def resized(m: LoadedModel, size: int) -> LoadedModel:
@@ -421,6 +421,7 @@ def test_stopping_approximate_mode_interpolates_nothing():
     assert info["complete"] is False and info["interpolated"] == 0
     grid = info["probability_grid"]
     assert 20 <= info["evaluated"] == int((~np.isnan(grid)).sum()) < info["total_positions"]
+    assert approximation_summary(info) == "8-bit arithmetic on the changes"
 
 
 def test_concurrent_calls_match_serial():

@@ -541,7 +541,7 @@ def approximation_summary(info: dict) -> str | None:
     if info.get("interpolated"):
         how.append(f"{info['interpolated']} positions interpolated (checked error "
                    f"{100 * info['interpolation_error']:.1f}% of the range)")
-    elif info.get("drill_down"):
+    elif info.get("drill_down") and info.get("complete", True):
         how.append("every position evaluated (the map was too irregular to interpolate)")
     return ", ".join(how) or "approximate"
 
