@@ -463,6 +463,12 @@ class IncrementalOcclusion:
             extra = ()  # the positional 'inplace' flag
         return lambda t: target(t, *extra, **kwargs)
 
+    def _elementwise_fn(self, node: fx.Node, mod: nn.Module | None) -> Callable | None:
+        """The element-wise function ``node`` applies (a module or a function), or ``None``."""
+        if mod is not None:
+            return self._module_fn(mod) if isinstance(mod, _ELEMENTWISE) else None
+        return self._function_fn(node) if node.op == "call_function" else None
+
     @staticmethod
     def _flatten_dims(node: fx.Node, mod: nn.Module | None) -> tuple[int, int] | None:
         """``(start, end)`` of a flatten that keeps the batch dimension, else ``None``."""
@@ -518,7 +524,7 @@ class IncrementalOcclusion:
                 return Crop(crop.delta * scale.view(1, -1, 1, 1), crop.ys, crop.xs,
                             crop.height, crop.width)
             if isinstance(mod, _ELEMENTWISE):
-                fn = self._module_fn(mod)
+                fn = self._elementwise_fn(node, mod)
                 return None if fn is None else self._elementwise(node, crop, fn)
             if isinstance(mod, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
                 if tuple(self.clean[node].shape[-2:]) == (crop.height, crop.width):
@@ -527,7 +533,7 @@ class IncrementalOcclusion:
             return self._window_op(node, crop, mod)
         if node.op == "call_function":
             target = node.target
-            fn = self._function_fn(node)
+            fn = self._elementwise_fn(node, None)
             if fn is not None:
                 return self._elementwise(node, crops[0], fn)
             if target in _ADD and len(node.args) == 2 and not node.kwargs \
@@ -550,9 +556,9 @@ class IncrementalOcclusion:
             return None
         deltas = [v.delta for v in inputs]
         mod = self.submodules[node.target] if node.op == "call_module" else None
-        if mod is not None:
-            if len(deltas) != 1 or node.kwargs:
-                return None
+        if mod is not None and (len(deltas) != 1 or node.kwargs):
+            return None
+        if len(deltas) == 1:
             delta = deltas[0]
             if isinstance(mod, _PASS_THROUGH) and not mod.training:
                 return inputs[0]
@@ -561,20 +567,14 @@ class IncrementalOcclusion:
                 if self.int8 is not None and delta.dim() == 2:
                     out = self.int8.linear(delta, mod)
                 return Dense(F.linear(delta, mod.weight) if out is None else out)
-            if isinstance(mod, _ELEMENTWISE):
-                fn = self._module_fn(mod)
-                if fn is None:
-                    return None
-                clean = self.clean[node.all_input_nodes[0]]
-                return Dense(fn(clean + delta) - fn(clean))
-        flatten = self._flatten_dims(node, mod)
-        if flatten is not None and len(deltas) == 1:
-            return Dense(deltas[0].flatten(*flatten))
-        if node.op == "call_function":
-            fn = self._function_fn(node)
+            fn = self._elementwise_fn(node, mod)
             if fn is not None:
                 clean = self.clean[node.all_input_nodes[0]]
-                return Dense(fn(clean + deltas[0]) - fn(clean))
+                return Dense(fn(clean + delta) - fn(clean))
+            flatten = self._flatten_dims(node, mod)
+            if flatten is not None:
+                return Dense(delta.flatten(*flatten))
+        if node.op == "call_function":
             if node.target in _ADD and len(node.args) == 2 and not node.kwargs \
                     and len(deltas) == 2:
                 return Dense(deltas[0] + deltas[1])
