@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from captum.attr import Deconvolution, GuidedBackprop, LayerAttribution, LayerGradCam, Saliency  # noqa: E402
 
-from vizkit.cam import grad_cam  # noqa: E402
-from vizkit.deconvnet import deconvnet, guided_backprop, saliency  # noqa: E402
-from vizkit.hooks import find_layer  # noqa: E402
-from vizkit.models import load_model  # noqa: E402
+from vizkit.core.hooks import find_layer  # noqa: E402
+from vizkit.methods.backprop import deconvnet, guided_backprop, saliency  # noqa: E402
+from vizkit.methods.class_maps import grad_cam  # noqa: E402
+from vizkit.models.registry import load_model  # noqa: E402
 
 
 def median_seconds(fn, runs: int) -> tuple[float, float]:

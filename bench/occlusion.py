@@ -3,7 +3,7 @@
     python bench/occlusion.py --model vgg16 --patch 16 --stride 8
 
 Runs captum's ``Occlusion`` (forward = softmax probability of the top class) at its best
-``perturbations_per_eval`` of {1, 16, 64}, then ``vizkit.occlusion`` in exact and approximate
+``perturbations_per_eval`` of {1, 16, 64}, then ``vk.occlusion`` in exact and approximate
 mode. The best ``perturbations_per_eval`` is chosen by timing the first ``--calibrate``
 perturbed examples of each (``--calibrate 0`` times complete runs of each instead); the chosen
 one then runs complete. Last line:
@@ -34,9 +34,9 @@ from skimage.metrics import structural_similarity
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vizkit.images import load_image  # noqa: E402
-from vizkit.models import load_model, weights_available  # noqa: E402
-from vizkit.occlusion import baseline_value, occlusion  # noqa: E402
+from vizkit.core.images import load_image  # noqa: E402
+from vizkit.methods.occlusion.sensitivity import baseline_value, occlusion  # noqa: E402
+from vizkit.models.registry import load_model, weights_available  # noqa: E402
 
 
 class _Enough(Exception):

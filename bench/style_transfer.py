@@ -39,8 +39,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vizkit import style as vs  # noqa: E402
-from vizkit.images import load_image  # noqa: E402
-from vizkit.textures import landscape  # noqa: E402
+from vizkit.core.images import load_image  # noqa: E402
+from vizkit.data.textures import landscape  # noqa: E402
 
 CHUNK = 20  # torch.optim.LBFGS's default max_iter: the tutorial's evaluations per step() call
 

@@ -1,6 +1,6 @@
 """Streamlit glue shared by the pages: cached model, sidebar, image source, results, downloads.
 
-Pages import vizkit functions from their modules (``from vizkit.cam import cam``), not as
+Pages import vizkit functions from their modules (``from vizkit.methods.class_maps import cam``), not as
 ``vk.cam``: once a submodule is imported, the package attribute of that name is the module.
 
 The model is cached with ``st.cache_resource`` and shared by every session thread; its
@@ -25,10 +25,10 @@ import streamlit as st
 
 import vizkit as vk
 from vizkit import render
-from vizkit.images import safe_filename
-from vizkit.models import get_spec, weights_available
-from vizkit.predict import predict
-from vizkit.receptive_field import summarize
+from vizkit.core.images import safe_filename
+from vizkit.methods.prediction import predict
+from vizkit.methods.receptive_fields import summarize
+from vizkit.models.registry import get_spec, weights_available
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"
@@ -126,8 +126,8 @@ def weights_help(name: str) -> str:
     spec = get_spec(name)
     if spec.bundled:
         return (f"The bundled weights file {spec.weights_file.name} is missing from assets/. "
-                "Train it with `python -m vizkit.train` or restore it from the repository.")
-    from vizkit.weights import zoo_checkpoint_path
+                "Train it with `python -m vizkit train` or restore it from the repository.")
+    from vizkit.models.weights import zoo_checkpoint_path
 
     path = zoo_checkpoint_path(spec)
     return (f"Weights for {spec.title} are not on this machine (expected {path}). With network, "
@@ -211,7 +211,7 @@ def _sample(path: str, mtime: float) -> np.ndarray:
 @st.cache_resource(show_spinner="Loading the dataset scenes…")
 def scenes():
     """The bundled held-out FashionScenes subset, or None while it is not shipped yet."""
-    from vizkit import data
+    from vizkit.data import scenes as data
 
     if not data.SUBSET_FILE.is_file():
         return None

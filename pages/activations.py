@@ -8,9 +8,9 @@ import streamlit as st
 import vizkit as vk
 from pages import _ui as ui
 from vizkit import render
-from vizkit.activations import activations
-from vizkit.deconvnet import deconvnet
-from vizkit.patches import patch_grid, top_patches
+from vizkit.methods.backprop import deconvnet
+from vizkit.methods.layer_activations import activations
+from vizkit.methods.patches import patch_grid, top_patches
 
 PAGE = "activations"
 GRID_CELLS = 250_000  # plotly heatmap cells above which channel maps are shrunk for the grid

@@ -6,8 +6,8 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.cam import cam, grad_cam, grad_cam_pp
-from vizkit.faithfulness import deletion_insertion
+from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
+from vizkit.metrics.faithfulness import deletion_insertion
 
 PAGE = "cam"
 METHODS = {

@@ -9,8 +9,8 @@ import streamlit as st
 import vizkit as vk
 from pages import _ui as ui
 from vizkit import render
-from vizkit.deconvnet import deconvnet, guided_backprop, saliency
-from vizkit.sanity import sanity_check
+from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
+from vizkit.metrics.sanity import sanity_check
 
 PAGE = "deconvnet"
 METHODS = {

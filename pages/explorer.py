@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.receptive_field import summary_table
+from vizkit.methods.receptive_fields import summary_table
 
 ui.page_header(
     "Model explorer",

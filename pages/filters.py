@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.filters import filter_grid, filter_weights, maximize_activation
+from vizkit.methods.filters import filter_grid, filter_weights, maximize_activation
 
 PAGE = "filters"
 RUNNING = "filt_running"

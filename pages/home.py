@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.predict import predict
+from vizkit.methods.prediction import predict
 
 ui.page_header(
     "vizkit — see inside a CNN",

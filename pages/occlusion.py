@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.occlusion import MODES, approximation_summary, occlusion
+from vizkit.methods.occlusion.sensitivity import MODES, approximation_summary, occlusion
 
 PAGE = "occlusion"
 RUNNING = "occ_running"

@@ -10,7 +10,7 @@ import streamlit as st
 import vizkit as vk
 from pages import _ui as ui
 from vizkit import render
-from vizkit.style import (
+from vizkit.methods.style.transfer import (
     COARSE_MIN_SIZE,
     EXTRACTOR_TITLES,
     get_extractor,

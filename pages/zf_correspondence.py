@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.correspondence import (
+from vizkit.analyses.correspondence import (
     PARTS,
     correspondence,
     correspondence_figure,
@@ -15,7 +15,7 @@ from vizkit.correspondence import (
     part_rects,
     random_rects,
 )
-from vizkit.features import default_layers, table_text
+from vizkit.analyses.features import default_layers, table_text
 
 PAGE = "zf_correspondence"
 CUSTOM = "custom region"

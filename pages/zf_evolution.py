@@ -6,8 +6,8 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.evolution import evolution_picture, evolution_rows, feature_evolution, snapshot_paths
-from vizkit.features import table_text
+from vizkit.analyses.evolution import evolution_picture, evolution_rows, feature_evolution, snapshot_paths
+from vizkit.analyses.features import table_text
 
 PAGE = "zf_evolution"
 STRONGEST = "strongest unit at each snapshot"

@@ -8,8 +8,8 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.features import table_text
-from vizkit.invariance import (
+from vizkit.analyses.features import table_text
+from vizkit.analyses.invariance import (
     TRANSFORMS,
     UNITS,
     default_invariance_layers,

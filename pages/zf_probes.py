@@ -9,8 +9,14 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _ui as ui
-from vizkit.features import default_layers, table_text
-from vizkit.probes import fashion_probe_data, folder_probe_data, linear_probes, probe_rows, probes_figure
+from vizkit.analyses.features import default_layers, table_text
+from vizkit.analyses.probes import (
+    fashion_probe_data,
+    folder_probe_data,
+    linear_probes,
+    probe_rows,
+    probes_figure,
+)
 
 PAGE = "zf_probes"
 SCENES = "FashionScenes (train scenes / bundled held-out scenes)"

@@ -17,7 +17,7 @@ from support import (  # noqa: F401 - re-exported for fixtures
     random_image,
     zoo_model,
 )
-from vizkit.models import get_spec, list_models, load_model, wrap_module
+from vizkit.models.registry import get_spec, list_models, load_model, wrap_module
 
 
 @pytest.fixture

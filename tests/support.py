@@ -17,7 +17,8 @@ from torch import nn
 # No test may touch the network: zoo weights resolve into an empty temporary cache.
 os.environ.setdefault("TORCH_HOME", "/nonexistent-vizkit-test-torch-home")
 
-from vizkit.models import ModelSpec, load_model  # noqa: E402
+from vizkit.models.base import ModelSpec
+from vizkit.models.registry import load_model  # noqa: E402
 
 
 def make_tiny_cnn(seed: int = 0) -> nn.Module:

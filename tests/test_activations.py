@@ -8,8 +8,8 @@ import torch
 from test_deconvnet import hand_forward
 
 from support import HAND_IMAGE, random_image, zoo_model
-from vizkit.activations import activations
-from vizkit.hooks import hook_count
+from vizkit.core.hooks import hook_count
+from vizkit.methods.layer_activations import activations
 
 
 def test_activations_by_hand(hand_cnn):

@@ -10,8 +10,8 @@ from captum.attr import LayerAttribution, LayerGradCam
 from test_deconvnet import CAPTUM_CASES, assert_close_rel, hand_forward, model_for_captum
 
 from support import HAND_FC_W, HAND_IMAGE, random_image, zoo_model
-from vizkit.cam import cam, grad_cam, grad_cam_pp
-from vizkit.hooks import find_layer, hook_count
+from vizkit.core.hooks import find_layer, hook_count
+from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
 
 
 def hand_relu_maps():
@@ -153,6 +153,6 @@ def test_grad_cam_top_prediction_and_other_layer(hand_cnn):
 
 def test_public_name_is_the_function_after_the_submodule_import():
     import vizkit
-    import vizkit.cam  # noqa: F401
+    import vizkit.methods.class_maps  # noqa: F401
 
-    assert vizkit.cam is cam
+    assert vizkit.methods.class_maps is cam

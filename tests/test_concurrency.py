@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from support import random_image
-from vizkit.activations import activations
-from vizkit.cam import cam, grad_cam, grad_cam_pp
-from vizkit.deconvnet import deconvnet, guided_backprop, saliency
-from vizkit.filters import maximize_activation
-from vizkit.hooks import hook_count
-from vizkit.models import load_model
-from vizkit.occlusion import occlusion
-from vizkit.predict import predict
+from vizkit.core.hooks import hook_count
+from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
+from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
+from vizkit.methods.filters import maximize_activation
+from vizkit.methods.layer_activations import activations
+from vizkit.methods.occlusion.sensitivity import occlusion
+from vizkit.methods.prediction import predict
+from vizkit.models.registry import load_model
 
 THREADS, CALLS = 8, 25
 

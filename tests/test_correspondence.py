@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from support import random_image, zoo_model
-from vizkit.correspondence import (
+from vizkit.analyses.correspondence import (
     PARTS,
     change_signs,
     correspondence,
@@ -19,7 +19,7 @@ from vizkit.correspondence import (
     part_rects,
     random_rects,
 )
-from vizkit.hooks import hook_count
+from vizkit.core.hooks import hook_count
 
 
 def test_pairwise_hamming_matches_brute_force():
@@ -77,7 +77,7 @@ def test_correspondence_matches_a_brute_force_oracle(tiny):
 
 @pytest.mark.slow
 def test_correspondence_on_bundled_scenes_uses_real_pairs():
-    from vizkit.data import bundled_subset
+    from vizkit.data.scenes import bundled_subset
 
     scenes = bundled_subset()
     m = zoo_model("fashion-zf")

@@ -10,9 +10,10 @@ import torch
 from captum.attr import Deconvolution, GuidedBackprop, NeuronDeconvolution, Saliency
 
 from support import HAND_CONV_B, HAND_CONV_W, HAND_FC_W, HAND_IMAGE, random_image, zoo_model
-from vizkit.deconvnet import deconvnet, guided_backprop, saliency
-from vizkit.hooks import FunctionalReLUError, find_layer, hook_count
-from vizkit.models import LoadedModel, load_model, weights_available
+from vizkit.core.hooks import FunctionalReLUError, find_layer, hook_count
+from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
+from vizkit.models.base import LoadedModel
+from vizkit.models.registry import load_model, weights_available
 
 # --- by hand -------------------------------------------------------------------------------
 

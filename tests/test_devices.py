@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vizkit.devices import is_out_of_memory, pick_device
+from vizkit.core.devices import is_out_of_memory, pick_device
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_models_run_on_the_chosen_device(tiny):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_model_when_available(monkeypatch):
-    from vizkit.models import load_model
+    from vizkit.models.registry import load_model
 
     monkeypatch.setenv("VIZKIT_DEVICE", "cuda")
     torch.manual_seed(0)

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 from support import random_image
-from vizkit.evolution import evolution_picture, evolution_rows, feature_evolution, snapshot_paths
-from vizkit.filters import filter_grid, filter_weights
-from vizkit.models import FashionZF, load_model
+from vizkit.analyses.evolution import evolution_picture, evolution_rows, feature_evolution, snapshot_paths
+from vizkit.methods.filters import filter_grid, filter_weights
+from vizkit.models.fashion_zf import FashionZF
+from vizkit.models.registry import load_model
 
 
 @pytest.fixture(scope="module")

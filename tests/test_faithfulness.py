@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from support import TINY_SPEC, random_image
-from vizkit.faithfulness import deletion_insertion
-from vizkit.models import wrap_module
+from vizkit.metrics.faithfulness import deletion_insertion
+from vizkit.models.registry import wrap_module
 
 
 def reference_curves(m, img, attribution, target, steps):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from support import random_image
-from vizkit.features import batch_tensor, default_layers, layer_features, table_text, write_table
-from vizkit.hooks import hook_count
+from vizkit.analyses.features import batch_tensor, default_layers, layer_features, table_text, write_table
+from vizkit.core.hooks import hook_count
 
 
 def _images(n: int, size: int = 16) -> np.ndarray:

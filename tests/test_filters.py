@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import vizkit.filters as filters
+import vizkit.methods.filters as filters
 from support import random_image
-from vizkit.data import bundled_subset
-from vizkit.filters import filter_grid, filter_weights, maximize_activation
-from vizkit.hooks import hook_count
+from vizkit.core.hooks import hook_count
+from vizkit.data.scenes import bundled_subset
+from vizkit.methods.filters import filter_grid, filter_weights, maximize_activation
 
 
 def _channel_mean_by_slicing(net: torch.nn.Sequential, upto: int, images: np.ndarray, mean, std):

@@ -4,7 +4,6 @@ Also: concurrent calls on one shared model equal serial ones (RELIABILITY.md, is
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+import vizkit as vk
 from support import random_image, zoo_model
-from vizkit.explanation import Explanation
-from vizkit.hooks import _HOOK_DICTS, FunctionalReLUError, find_layer, hook_count
-from vizkit.models import LoadedModel, list_models
+from vizkit.core.hooks import _HOOK_DICTS, FunctionalReLUError, find_layer, hook_count
+from vizkit.core.results import Explanation
+from vizkit.models.base import LoadedModel
+from vizkit.models.registry import list_models
 
 SIZE = 64   # every registry model accepts 64×64; the methods must work at any accepted size
 
@@ -27,38 +28,28 @@ def small(name: str) -> LoadedModel:
                        device=base.device, lock=base.lock)
 
 
-def _fn(module: str, name: str) -> Callable:
-    """A method from its module, or a skip naming what is missing (other helpers' modules)."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        pytest.skip(f"{module}.{name} is not available yet: {err}")
-
-
 def _first_conv(m):
     return m.conv_layers()[0]
 
 
 # name → (call(m, img, target), takes a class target)
 METHODS: dict[str, tuple[Callable, bool]] = {
-    "activations": (lambda m, img, t: _fn("vizkit.activations", "activations")(m, img, m.spec.cam_layer),
+    "activations": (lambda m, img, t: vk.activations(m, img, m.spec.cam_layer),
                     False),
-    "deconvnet_unit": (lambda m, img, t: _fn("vizkit.deconvnet", "deconvnet")(m, img, m.spec.cam_layer, 0),
+    "deconvnet_unit": (lambda m, img, t: vk.deconvnet(m, img, m.spec.cam_layer, 0),
                        False),
-    "deconvnet_class": (lambda m, img, t: _fn("vizkit.deconvnet", "deconvnet")(m, img, target=t), True),
-    "guided_backprop": (lambda m, img, t: _fn("vizkit.deconvnet", "guided_backprop")(m, img, t), True),
-    "saliency": (lambda m, img, t: _fn("vizkit.deconvnet", "saliency")(m, img, t), True),
-    "cam": (lambda m, img, t: _fn("vizkit.cam", "cam")(m, img, t), True),
-    "grad_cam": (lambda m, img, t: _fn("vizkit.cam", "grad_cam")(m, img, t), True),
-    "grad_cam_pp": (lambda m, img, t: _fn("vizkit.cam", "grad_cam_pp")(m, img, t), True),
-    "occlusion": (lambda m, img, t: _fn("vizkit.occlusion", "occlusion")(m, img, t, patch=16, stride=16),
+    "deconvnet_class": (lambda m, img, t: vk.deconvnet(m, img, target=t), True),
+    "guided_backprop": (lambda m, img, t: vk.guided_backprop(m, img, t), True),
+    "saliency": (lambda m, img, t: vk.saliency(m, img, t), True),
+    "cam": (lambda m, img, t: vk.cam(m, img, t), True),
+    "grad_cam": (lambda m, img, t: vk.grad_cam(m, img, t), True),
+    "grad_cam_pp": (lambda m, img, t: vk.grad_cam_pp(m, img, t), True),
+    "occlusion": (lambda m, img, t: vk.occlusion(m, img, t, patch=16, stride=16),
                   True),
-    "filter_weights": (lambda m, img, t: _fn("vizkit.filters", "filter_weights")(m, _first_conv(m)), False),
+    "filter_weights": (lambda m, img, t: vk.filter_weights(m, _first_conv(m)), False),
     "maximize_activation": (
-        lambda m, img, t: _fn("vizkit.filters", "maximize_activation")(m, m.spec.cam_layer, [0], steps=2,
-                                                                        size=32),
-        False),
-    "summarize": (lambda m, img, t: _fn("vizkit.receptive_field", "summarize")(m), False),
+        lambda m, img, t: vk.maximize_activation(m, m.spec.cam_layer, [0], steps=2, size=32), False),
+    "summarize": (lambda m, img, t: vk.summarize(m), False),
 }
 
 NO_GAP_HEAD = {"alexnet", "vgg16", "vgg19", "squeezenet1_1"}
@@ -183,8 +174,8 @@ def test_no_trace_after_an_exception_in_the_forward(model, method, how, monkeypa
 
 def test_concurrent_calls_equal_serial_ones():
     """8 threads × 3 calls mixing grad_cam, deconvnet and guided_backprop on one shared model."""
-    from vizkit.cam import grad_cam
-    from vizkit.deconvnet import deconvnet, guided_backprop
+    from vizkit.methods.backprop import deconvnet, guided_backprop
+    from vizkit.methods.class_maps import grad_cam
 
     m = zoo_model("fashion-zf")
     images = [random_image(64, 64, seed=s) for s in range(4)]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vizkit.hooks import (
+from vizkit.core.hooks import (
     FunctionalReLUError,
     capture_outputs,
     find_layer,

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image, ImageFile
 
 from support import png_chunk_types
-from vizkit import images
-from vizkit.images import ImageError, load_image, safe_filename, to_png_bytes
+from vizkit.core import images
+from vizkit.core.images import ImageError, load_image, safe_filename, to_png_bytes
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

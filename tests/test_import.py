@@ -1,4 +1,4 @@
-"""``import vizkit`` and every vizkit module stay free of streamlit; the lazy API and CLI resolve."""
+"""``import vizkit`` and every vizkit module stay free of streamlit; the public API and CLI resolve."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = sorted(
-    "vizkit" if p.stem == "__init__" else f"vizkit.{p.stem}"
-    for p in (ROOT / "vizkit").glob("*.py")
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for p in (ROOT / "vizkit").rglob("*.py")
     if p.stem != "__main__"
 )
 
@@ -23,7 +23,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
                                "TORCH_HOME": "/nonexistent-vizkit-test-torch-home"}, timeout=600)
 
 
-def test_every_module_imports_without_streamlit_and_plain_import_is_lazy():
+def test_every_module_imports_without_streamlit_and_no_module_shadows_a_function():
     # One subprocess (a fresh interpreter) for all checks: imports are slow on a loaded machine.
     code = (
         "import importlib, json, sys\n"
@@ -32,52 +32,47 @@ def test_every_module_imports_without_streamlit_and_plain_import_is_lazy():
         f"failed = {{}}\nfor name in {MODULES!r}:\n"
         "    try:\n        importlib.import_module(name)\n"
         "    except Exception as error:\n        failed[name] = repr(error)\n"
-        "print(json.dumps({'light': light, 'failed': failed, 'streamlit': sorted(m for m in sys.modules "
-        "if m == 'streamlit' or m.startswith('streamlit.'))}))\n"
+        "shadowed = sorted(n for n in vizkit.__all__ if type(getattr(vizkit, n)).__name__ == 'module')\n"
+        "print(json.dumps({'light': light, 'failed': failed, 'shadowed': shadowed, 'streamlit': sorted(m "
+        "for m in sys.modules if m == 'streamlit' or m.startswith('streamlit.'))}))\n"
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["failed"] == {}
     assert report["streamlit"] == []
-    # Functions named like their module are eager (see vizkit/__init__.py); the rest stays lazy.
-    assert "vizkit.style" not in report["light"] and "vizkit.probes" not in report["light"]
+    assert len(MODULES) > 30 and "vizkit.methods.occlusion.incremental" in MODULES
+    # Every submodule is now imported: a public function named like a module at the package's top
+    # level would have been replaced by that module.
+    assert report["shadowed"] == []
 
 
 def test_no_vizkit_source_mentions_streamlit_imports():
-    for path in (ROOT / "vizkit").glob("*.py"):
+    for path in (ROOT / "vizkit").rglob("*.py"):
         for line in path.read_text().splitlines():
             stripped = line.strip()
             assert not stripped.startswith(("import streamlit", "from streamlit")), f"{path.name}: {line}"
 
 
-@pytest.mark.parametrize("name", __import__("vizkit")._LAZY)
-def test_lazy_api_names_resolve(name):
-    import importlib
-
+@pytest.mark.parametrize("name", __import__("vizkit").__all__)
+def test_public_names_resolve(name):
     import vizkit
 
-    # Import the module first: once imported, a submodule named like the function
-    # (vizkit.receptive_field) shadows the package's lazy __getattr__.
-    importlib.import_module(vizkit._LAZY[name])
-    assert callable(getattr(vizkit, name)), f"vizkit.{name} is {getattr(vizkit, name)!r}"
+    value = getattr(vizkit, name)
+    assert callable(value), f"vizkit.{name} is {value!r}"
+    assert value.__module__.startswith("vizkit."), value.__module__
 
 
 def test_cli_commands_resolve():
-    import importlib
+    from vizkit.cli import COMMANDS, command_module
 
-    from vizkit.__main__ import COMMANDS
-
-    for command, (module_name, _help) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        key = command.replace("-", "_")
-        adder = getattr(module, f"add_{key}_arguments", None) or getattr(module, "add_arguments", None)
-        assert adder, command
-        assert getattr(module, f"run_{key}", None) or getattr(module, "run", None), command
+    for command in COMMANDS:
+        module = command_module(command)
+        assert callable(module.add_arguments) and callable(module.run), command
 
 
 def test_cli_help_runs(capsys):
-    from vizkit.__main__ import main
+    from vizkit.cli import main
 
     with pytest.raises(SystemExit) as info:
         main(["--help"])

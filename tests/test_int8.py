@@ -1,4 +1,4 @@
-"""8-bit changes (vizkit.int8) against float32: per-row scaling, zero rows, the weight cache."""
+"""8-bit changes (vizkit/methods/occlusion/int8.py) against float32: per-row scaling, zero rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vizkit.int8 import Int8Kernels, available, quantize_rows
+from vizkit.methods.occlusion.int8 import Int8Kernels, available, quantize_rows
 
 pytestmark = pytest.mark.skipif(not available(torch.device("cpu")),
                                 reason="oneDNN's quantized kernels are not in this build")

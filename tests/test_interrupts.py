@@ -16,11 +16,11 @@ import torch
 from test_concurrency import assert_no_hooks, assert_same_state, module_state
 
 from support import random_image
-from vizkit import style as vs
-from vizkit.filters import maximize_activation
-from vizkit.models import load_model
-from vizkit.occlusion import occlusion
-from vizkit.textures import landscape
+from vizkit.data.textures import landscape
+from vizkit.methods.filters import maximize_activation
+from vizkit.methods.occlusion.sensitivity import occlusion
+from vizkit.methods.style import transfer as vs
+from vizkit.models.registry import load_model
 
 
 class RerunLike(Exception):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from support import random_image
-from vizkit.hooks import hook_count
-from vizkit.invariance import TRANSFORMS, invariance, invariance_figure, transform_image
+from vizkit.analyses.invariance import TRANSFORMS, invariance, invariance_figure, transform_image
+from vizkit.core.hooks import hook_count
 
 
 def _relu_features(tiny, img):

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from vizkit.cam import cam, grad_cam
-from vizkit.data import Scenes, bundled_subset
-from vizkit.explanation import Explanation
-from vizkit.localization import (
+from vizkit.core.results import Explanation
+from vizkit.data.scenes import Scenes, bundled_subset
+from vizkit.methods.class_maps import cam, grad_cam
+from vizkit.methods.occlusion.sensitivity import occlusion
+from vizkit.metrics.localization import (
     explanation_peak,
     peak_point,
     point_in_box,
     pointing_game,
     pointing_games,
 )
-from vizkit.occlusion import occlusion
 
 N_SCENES = 300  # the note reports all 1000 (python -m vizkit localization)
 
@@ -130,7 +130,7 @@ def test_a_plateau_maximum_points_at_its_centre():
 def test_cli_rejects_an_unknown_method(capsys):
     import argparse
 
-    from vizkit import localization
+    from vizkit.metrics import localization
 
     args = argparse.Namespace(model="fashion-zf", scenes=2, methods="cam,gradcam", tolerance=None)
     assert localization.run(args) == 2

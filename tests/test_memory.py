@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from support import TINY_SPEC, make_tiny_cnn
-from vizkit.filters import maximize_activation
-from vizkit.hooks import hook_count
-from vizkit.models import wrap_module
+from vizkit.core.hooks import hook_count
+from vizkit.methods.filters import maximize_activation
+from vizkit.models.registry import wrap_module
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS_BOUND = 1.1
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 sys.path.insert(0, "tests")
 from support import random_image
-from vizkit.activations import activations
-from vizkit.cam import cam, grad_cam, grad_cam_pp
-from vizkit.deconvnet import deconvnet, guided_backprop, saliency
-from vizkit.models import load_model
-from vizkit.occlusion import occlusion
+from vizkit.methods.layer_activations import activations
+from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
+from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
+from vizkit.models.registry import load_model
+from vizkit.methods.occlusion.sensitivity import occlusion
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -8,15 +8,9 @@ import torch
 import torchvision
 
 from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
-from vizkit.models import (
-    FASHION_CLASSES,
-    get_spec,
-    list_models,
-    load_model,
-    weights_available,
-    wrap_module,
-)
-from vizkit.weights import WeightsError
+from vizkit.models.fashion_zf import FASHION_CLASSES
+from vizkit.models.registry import get_spec, list_models, load_model, weights_available, wrap_module
+from vizkit.models.weights import WeightsError
 
 BIG = {"vgg16", "vgg19", "resnet50"}  # slow to initialize and run at 224 on a shared CPU
 

@@ -4,7 +4,6 @@ inference on every registry model and on odd geometries, hook hygiene, OOM retry
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import threading
 
 import numpy as np
@@ -14,11 +13,13 @@ import torch.nn.functional as F
 from captum.attr import Occlusion
 from torch import nn
 
-import vizkit.incremental as incremental
+import vizkit.methods.occlusion.incremental as incremental
+import vizkit.methods.occlusion.sensitivity as sensitivity
 from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
-from vizkit.hooks import hook_count
-from vizkit.models import LoadedModel, wrap_module
-from vizkit.occlusion import approximation_summary, baseline_value, occlusion, patch_grid
+from vizkit.core.hooks import hook_count
+from vizkit.methods.occlusion.sensitivity import approximation_summary, baseline_value, occlusion, patch_grid
+from vizkit.models.base import LoadedModel
+from vizkit.models.registry import wrap_module
 
 
 def resized(m: LoadedModel, size: int) -> LoadedModel:
@@ -270,7 +271,7 @@ def test_info_box_and_probability_grid(tiny):
 
 
 def test_speedup_over_full_is_timed_on_a_few_plain_forward_passes(tiny, monkeypatch):
-    from vizkit.occlusion import FULL_PROBE
+    from vizkit.methods.occlusion.sensitivity import FULL_PROBE
 
     calls = []
     forward = type(tiny.module).forward
@@ -381,8 +382,7 @@ def test_out_of_memory_halves_batch_and_stays_exact(mode, monkeypatch):
     logit = lambda logits: logits[:, 1]
     reference = occlusion(m, img, logit, patch=6, stride=4, mode=mode, batch_size=64)
     name = "run_batch" if mode == "exact" else "occluded_inputs"
-    owner = incremental.IncrementalOcclusion if mode == "exact" else __import__(
-        "vizkit.occlusion", fromlist=["_Evaluator"])._Evaluator
+    owner = incremental.IncrementalOcclusion if mode == "exact" else sensitivity._Evaluator
     original = getattr(owner, name)
     calls = {"oom": 0}
 
@@ -502,10 +502,9 @@ def test_drill_down_evaluates_everything_when_the_map_is_speckle():
 
 def test_drill_down_evaluates_exact_values_where_it_looks(monkeypatch):
     """Without projective-field thresholding and 8 bits, every evaluated position is exact."""
-    occlusion_module = importlib.import_module("vizkit.occlusion")
 
-    monkeypatch.setattr(occlusion_module, "CAP_FRACTION", None)
-    monkeypatch.setattr(occlusion_module, "QUANTIZED", False)
+    monkeypatch.setattr(sensitivity, "CAP_FRACTION", None)
+    monkeypatch.setattr(sensitivity, "QUANTIZED", False)
     m, img, logit = smooth_case(40)
     exact = occlusion(m, img, logit, patch=6, stride=2)
     seen = []
@@ -574,7 +573,7 @@ def test_interpolation_uses_every_known_cell_and_reproduces_a_plane():
     Known: a coarse lattice (every other cell, and the last) plus a few cells off it, the way
     drill-down leaves them. Filling row by row from whatever a row holds is not exact here.
     """
-    from vizkit.occlusion import _interpolate
+    from vizkit.methods.occlusion.sensitivity import _interpolate
 
     yy, xx = np.mgrid[0:15, 0:15].astype(float)
     plane = 0.3 * yy - 0.7 * xx + 2.0
@@ -596,7 +595,7 @@ def test_approximate_map_looks_like_the_exact_one_on_the_trained_model(fashion):
     """SSIM of approximate vs exact, on the trained bundled model (its maps have structure)."""
     from skimage.metrics import structural_similarity
 
-    from vizkit.data import bundled_subset
+    from vizkit.data.scenes import bundled_subset
 
     scenes = bundled_subset()
     scores = []
@@ -617,7 +616,7 @@ def test_approximate_map_looks_like_the_exact_one_on_the_trained_model(fashion):
 def test_cli_writes_png(tmp_path):
     from PIL import Image
 
-    from vizkit.__main__ import main
+    from vizkit.cli import main
 
     src = tmp_path / "in.png"
     Image.fromarray(random_image(48, 40)).save(src)
@@ -631,7 +630,7 @@ def test_cli_writes_png(tmp_path):
 def test_cli_says_how_an_approximate_map_was_made(tmp_path, capsys):
     from PIL import Image
 
-    from vizkit.__main__ import main
+    from vizkit.cli import main
 
     src = tmp_path / "in.png"
     Image.fromarray(random_image(64, 64, seed=3)).save(src)

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 from support import random_image, zoo_model
-from vizkit.__main__ import main
-from vizkit.data import Scenes
-from vizkit.deconvnet import deconvnet
-from vizkit.hooks import hook_count
-from vizkit.models import get_spec, wrap_module
-from vizkit.patches import patch_grid, top_patches
-from vizkit.receptive_field import receptive_field
+from vizkit.cli import main
+from vizkit.core.hooks import hook_count
+from vizkit.data.scenes import Scenes
+from vizkit.methods.backprop import deconvnet
+from vizkit.methods.patches import patch_grid, top_patches
+from vizkit.methods.receptive_fields import receptive_field
+from vizkit.models.registry import get_spec, wrap_module
 
 
 def _images(n: int, size: int) -> list[np.ndarray]:
@@ -122,7 +122,7 @@ def test_projection_vanishes_outside_the_field_fashion_and_alexnet():
 
 @pytest.mark.slow
 def test_projection_vanishes_outside_the_field_trained_fashion(fashion):
-    from vizkit.data import bundled_subset
+    from vizkit.data.scenes import bundled_subset
 
     scenes = bundled_subset()
     images = [scenes.images[i] for i in (0, 1)]

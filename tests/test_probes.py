@@ -10,8 +10,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vizkit.hooks import hook_count
-from vizkit.probes import folder_probe_data, linear_probes, probe_rows, probes_figure
+from vizkit.analyses.probes import folder_probe_data, linear_probes, probe_rows, probes_figure
+from vizkit.core.hooks import hook_count
 
 
 def _two_class_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +74,7 @@ def test_probe_errors(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_probe_accuracy_rises_with_depth_on_fashion_zf(fashion):
-    from vizkit.probes import fashion_probe_data
+    from vizkit.analyses.probes import fashion_probe_data
 
     x_tr, y_tr, x_te, y_te, classes = fashion_probe_data(n_train=400)
     r = linear_probes(fashion, x_tr, y_tr, x_te[:200], y_te[:200], classes=classes)

@@ -13,9 +13,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from support import zoo_model
-from vizkit.hooks import capture_outputs, hook_count
-from vizkit.models import get_spec, load_model, wrap_module
-from vizkit.receptive_field import receptive_field, summarize, summary_table
+from vizkit.core.hooks import capture_outputs, hook_count
+from vizkit.methods.receptive_fields import receptive_field, summarize, summary_table
+from vizkit.models.registry import get_spec, load_model, wrap_module
 
 
 def test_tiny_by_hand(tiny):

@@ -8,10 +8,10 @@ import torch
 from scipy.stats import spearmanr
 
 from support import random_image, zoo_model
-from vizkit.explanation import Explanation
-from vizkit.hooks import hook_count
-from vizkit.models import get_spec, load_model
-from vizkit.sanity import randomization_steps, sanity_check
+from vizkit.core.hooks import hook_count
+from vizkit.core.results import Explanation
+from vizkit.metrics.sanity import randomization_steps, sanity_check
+from vizkit.models.registry import get_spec, load_model
 
 TRAINED = get_spec("fashion-zf").weights_file.is_file()
 
@@ -58,7 +58,7 @@ def test_correlations_are_spearman_of_the_maps(tiny):
     seen = []
 
     def recording(m, image, target):
-        from vizkit.deconvnet import saliency
+        from vizkit.methods.backprop import saliency
         e = saliency(m, image, target)
         seen.append(e.map)
         return e
@@ -79,7 +79,7 @@ def test_errors(tiny):
 @pytest.mark.slow
 @pytest.mark.skipif(not TRAINED, reason="needs the trained assets/fashion-zf.safetensors")
 def test_grad_cam_fails_to_survive_randomization_on_the_trained_model():
-    from vizkit.data import bundled_subset
+    from vizkit.data.scenes import bundled_subset
 
     m = load_model("fashion-zf", device="cpu")
     scenes = bundled_subset()

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from support import random_image
-from vizkit import style as vs
-from vizkit.textures import landscape
+from vizkit.data.textures import landscape
+from vizkit.methods.style import transfer as vs
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +176,8 @@ def test_thirty_steps_halve_the_loss_and_beat_the_content_style(name, multiscale
 
 
 def test_random_filters_default_to_adam_which_descends_smoothly_and_ends_lower(multiscale, vgg_random):
-    from vizkit.data import bundled_subset
-    from vizkit.images import load_image
+    from vizkit.core.images import load_image
+    from vizkit.data.scenes import bundled_subset
 
     assert (multiscale.optimizer, vgg_random.optimizer) == ("adam", "lbfgs")
     content = bundled_subset().images[0]  # the page's defaults: first scene, 128 px, 50 steps
@@ -338,7 +338,7 @@ def test_bad_arguments_are_explained(multiscale):
 
 
 def test_missing_vgg19_weights_point_to_the_untrained_extractor(monkeypatch, tmp_path):
-    from vizkit.weights import WeightsError
+    from vizkit.models.weights import WeightsError
 
     def offline(*args, **kwargs):
         raise OSError("no network in tests")
@@ -358,7 +358,7 @@ def test_titles_say_what_the_extractor_is(multiscale, vgg_random):
 
 
 def test_cli_writes_a_png_without_metadata(tmp_path, capsys):
-    from vizkit.__main__ import main
+    from vizkit.cli import main
 
     content = tmp_path / "content.png"
     Image.fromarray(landscape(48)).save(content, pnginfo=_with_text("secret", "gps"))

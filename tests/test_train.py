@@ -1,4 +1,4 @@
-"""The bundled model's claimed accuracy is what ``python -m vizkit.train --eval-only`` measures."""
+"""The bundled model's claimed accuracy is what ``python -m vizkit train --eval-only`` measures."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import re
 import pytest
 import torch
 
-from vizkit import train
+from vizkit.cli import main as cli_main
+from vizkit.data import training as train
 
 
 @pytest.mark.slow
 def test_eval_only_reproduces_the_model_card_accuracy(capsys):
     threads = torch.get_num_threads()
     try:
-        assert train.main(["--eval-only", "--threads", str(threads)]) == 0
+        assert cli_main(["train", "--eval-only", "--threads", str(threads)]) == 0
     finally:
         torch.set_num_threads(threads)
     measured = re.search(r"accuracy on 10000 test scenes: ([\d.]+)%", capsys.readouterr().out)

@@ -16,16 +16,11 @@ import torch
 from safetensors.torch import save_file
 
 from support import zoo_model
-from vizkit import models
-from vizkit.__main__ import main as cli_main
-from vizkit.models import get_spec, load_model, weights_available
-from vizkit.weights import (
-    WeightsError,
-    expected_hash_prefix,
-    import_zoo_weights,
-    read_state_dict,
-    zoo_checkpoint_path,
-)
+from vizkit.cli import main as cli_main
+from vizkit.models import registry as models
+from vizkit.models.registry import get_spec, load_model, weights_available
+from vizkit.models.torchvision_zoo import import_zoo_weights
+from vizkit.models.weights import WeightsError, expected_hash_prefix, read_state_dict, zoo_checkpoint_path
 
 SMALL_ZOO = "squeezenet1_1"  # the smallest zoo model: 1.2 M parameters
 

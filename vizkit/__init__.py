@@ -1,57 +1,39 @@
 """vizkit: see inside convolutional networks.
 
-The public API (see DESIGN.md). Functions that share their module's name (``vizkit.cam.cam``)
-are imported eagerly: a lazy name would be shadowed by the submodule as soon as anything imported
-it, and ``vk.cam(...)`` would call a module. The rest loads on first use.
+The public API, re-exported eagerly from the modules that define it (captum's way). No public
+function shares its name with a module at this level, so ``vizkit.occlusion`` is always the
+function, whatever has been imported. The layout is described in ``docs/design.md``.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from vizkit.activations import activations
-from vizkit.cam import cam
-from vizkit.correspondence import correspondence
-from vizkit.deconvnet import deconvnet
-from vizkit.explanation import Activations, Explanation
-from vizkit.images import ImageError, load_image
-from vizkit.invariance import invariance
-from vizkit.models import LoadedModel, list_models, load_model
-from vizkit.occlusion import occlusion
-from vizkit.predict import predict
-from vizkit.receptive_field import receptive_field
-from vizkit.weights import WeightsError
-
-_LAZY = {
-    "guided_backprop": "vizkit.deconvnet",
-    "saliency": "vizkit.deconvnet",
-    "grad_cam": "vizkit.cam",
-    "grad_cam_pp": "vizkit.cam",
-    "filter_weights": "vizkit.filters",
-    "maximize_activation": "vizkit.filters",
-    "top_patches": "vizkit.patches",
-    "summarize": "vizkit.receptive_field",
-    "summary_table": "vizkit.receptive_field",
-    "filter_grid": "vizkit.filters",
-    "patch_grid": "vizkit.patches",
-    "sanity_check": "vizkit.sanity",
-    "style_transfer": "vizkit.style",
-    "linear_probes": "vizkit.probes",
-    "feature_evolution": "vizkit.evolution",
-    "layer_features": "vizkit.features",
-    "deletion_insertion": "vizkit.faithfulness",
-    "to_png_bytes": "vizkit.images",
-    "safe_filename": "vizkit.images",
-}
+from vizkit.analyses.correspondence import correspondence
+from vizkit.analyses.evolution import feature_evolution
+from vizkit.analyses.features import layer_features
+from vizkit.analyses.invariance import invariance
+from vizkit.analyses.probes import linear_probes
+from vizkit.core.images import ImageError, load_image, safe_filename, to_png_bytes
+from vizkit.core.results import Activations, Explanation
+from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
+from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
+from vizkit.methods.filters import filter_grid, filter_weights, maximize_activation
+from vizkit.methods.layer_activations import activations
+from vizkit.methods.occlusion.sensitivity import occlusion
+from vizkit.methods.patches import patch_grid, top_patches
+from vizkit.methods.prediction import predict
+from vizkit.methods.receptive_fields import receptive_field, summarize, summary_table
+from vizkit.methods.style.transfer import style_transfer
+from vizkit.metrics.faithfulness import deletion_insertion
+from vizkit.metrics.sanity import sanity_check
+from vizkit.models.base import LoadedModel
+from vizkit.models.registry import list_models, load_model
+from vizkit.models.weights import WeightsError
 
 __all__ = [
     "Activations", "Explanation", "ImageError", "LoadedModel", "WeightsError",
-    "list_models", "load_image", "load_model", "activations", "cam", "correspondence", "deconvnet",
-    "invariance", "occlusion", "predict", "receptive_field", *_LAZY,
+    "activations", "cam", "correspondence", "deconvnet", "deletion_insertion", "feature_evolution",
+    "filter_grid", "filter_weights", "grad_cam", "grad_cam_pp", "guided_backprop", "invariance",
+    "layer_features", "linear_probes", "list_models", "load_image", "load_model", "maximize_activation",
+    "occlusion", "patch_grid", "predict", "receptive_field", "safe_filename", "saliency", "sanity_check",
+    "style_transfer", "summarize", "summary_table", "to_png_bytes", "top_patches",
 ]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vizkit' has no attribute {name!r}")

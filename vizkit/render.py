@@ -223,7 +223,7 @@ def draw_box(
 def to_png(img: np.ndarray) -> bytes:
     """PNG bytes of a picture with no metadata at all (no EXIF, GPS or text chunks)."""
     try:
-        from vizkit.images import to_png_bytes
+        from vizkit.core.images import to_png_bytes
     except ImportError:
         to_png_bytes = None
     pic = as_rgb_uint8(img)

@@ -26,9 +26,9 @@ SCENES = (3, 17)  # one per session
 def serial_expectation(index: int) -> dict:
     """What the occlusion page must show for scene ``index`` with its default settings."""
     from vizkit import render
-    from vizkit.data import bundled_subset
-    from vizkit.models import load_model
-    from vizkit.occlusion import occlusion
+    from vizkit.data.scenes import bundled_subset
+    from vizkit.methods.occlusion.sensitivity import occlusion
+    from vizkit.models.registry import load_model
 
     m = load_model("fashion-zf", device="cpu")
     img = bundled_subset().images[index]

@@ -25,8 +25,8 @@ from PIL import Image
 import app
 from app_support import ROOT, open_page
 from support import png_chunk_types
-from vizkit.models import get_spec
-from vizkit.weights import zoo_checkpoint_path
+from vizkit.models.registry import get_spec
+from vizkit.models.weights import zoo_checkpoint_path
 
 PAGE_FILES = [file.removesuffix(".py") for file, _, _ in app.PAGES if (ROOT / "pages" / file).is_file()]
 NEEDS_MODEL = {p for p in PAGE_FILES if "require_model()" in (ROOT / "pages" / f"{p}.py").read_text()
@@ -176,7 +176,7 @@ def test_page_download_of_a_gps_jpeg_has_no_metadata(bundled_ready, monkeypatch)
         assert "IMG_20240101" not in filename and "/" not in filename and ".." not in filename
     # The home page's download is the input as the model sees it: same pixels, nothing else.
     shown = np.asarray(Image.open(io.BytesIO(downloads[0][0])).convert("RGB"))
-    from vizkit.images import load_image
+    from vizkit.core.images import load_image
 
     np.testing.assert_array_equal(shown, m.resize(load_image(jpeg)))
 
@@ -200,7 +200,7 @@ def test_server_settings_are_effective():
         os.chdir(cwd)
         config.get_config_options(force_reparse=True)
     from pages import _ui
-    from vizkit import images
+    from vizkit.core import images
 
     # The app's own limit and the decoder's agree with the server's (none above 25 MB).
     assert _ui.MAX_UPLOAD_MB <= 25 and images.MAX_BYTES <= 25 * 2**20

@@ -71,7 +71,7 @@ def test_probes_page_shows_accuracy_per_layer(bundled_ready):
 
 @pytest.mark.slow
 def test_evolution_page_shows_every_snapshot(bundled_ready):
-    from vizkit.evolution import snapshot_paths
+    from vizkit.analyses.evolution import snapshot_paths
 
     at = open_page("zf_evolution")
     assert_clean(at)

@@ -1,0 +1,59 @@
+"""``python -m vizkit occlusion``: the command line of ``vizkit.methods.occlusion.sensitivity``."""
+
+from __future__ import annotations
+
+import torch
+
+from vizkit.methods.occlusion.sensitivity import MODES, Baseline, approximation_summary, occlusion
+
+
+def add_arguments(parser) -> None:
+    """``python -m vizkit occlusion IMAGE --model M --out OUT.png``."""
+    parser.add_argument("image", help="input image file")
+    parser.add_argument("--model", default="fashion-zf", help="registry model name")
+    parser.add_argument("--weights", default="default",
+                        help="'default', 'none' (random, seeded) or a weights file")
+    parser.add_argument("--out", required=True, help="output PNG (heatmap over the image)")
+    parser.add_argument("--target", type=int, default=None, help="class index (default: top)")
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--baseline", default="mean",
+                        help="mean, grey, zero, a grey level in [0, 1] or R,G,B")
+    parser.add_argument("--mode", choices=MODES, default="exact")
+    parser.add_argument("--device", default=None)
+
+
+def _parse_baseline(text: str) -> Baseline:
+    if "," in text:
+        return tuple(float(v) for v in text.split(","))  # type: ignore[return-value]
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def run(args) -> int:
+    """Writes the occlusion overlay of ``args.image`` to ``args.out`` and prints a summary."""
+    from pathlib import Path
+
+    from vizkit import render
+    from vizkit.core.images import load_image
+    from vizkit.models.registry import load_model
+
+    weights = None if args.weights == "none" else args.weights
+    if weights is None:
+        torch.manual_seed(0)
+    m = load_model(args.model, device=args.device, weights=weights)
+    img = load_image(args.image)
+    result = occlusion(m, img, target=args.target, patch=args.patch, stride=args.stride,
+                       baseline=_parse_baseline(args.baseline), mode=args.mode)
+    picture = render.draw_box(render.overlay(m.resize(img), result.map, smooth=False),
+                              result.info["box"])
+    Path(args.out).write_bytes(render.to_png(picture))
+    t = result.info["timings"]["total_s"]
+    print(f"class {result.target} ({m.classes[result.target]}): p={result.info['clean_probability']:.4f}; "
+          f"most damaging patch {result.info['box']}; {result.info['mode']} in {t:.2f} s → {args.out}")
+    summary = approximation_summary(result.info)
+    if summary:
+        print(f"approximate: {summary}")
+    return 0

@@ -1,0 +1,105 @@
+"""What every model family provides (``ModelSpec``) and what every method receives (``LoadedModel``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What vizkit needs to know about one model.
+
+    Attributes:
+        name: registry key.
+        title: a human name for the UI.
+        input_size: square side the model sees.
+        mean, std: per-channel normalization of [0, 1] RGB.
+        cam_layer: default layer for CAM / Grad-CAM (dotted ``named_modules()`` name).
+        classes: class names, index-aligned with the logits.
+        weights_enum: torchvision weight enum member, ``None`` for the bundled model.
+        weights_file: the bundled safetensors file, ``None`` for zoo models.
+        bundled: whether it works with no network at all.
+    """
+
+    name: str
+    title: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    cam_layer: str
+    classes: tuple[str, ...]
+    builder: Callable[..., nn.Module] = field(repr=False)
+    weights_enum: object | None = None
+    weights_file: Path | None = None
+    bundled: bool = False
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for vizkit: module in eval mode on its device, plus its spec.
+
+    ``lock`` serializes hook use: Streamlit shares one cached model across session threads.
+    """
+
+    module: nn.Module
+    spec: ModelSpec
+    device: torch.device
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    def resize(self, img: np.ndarray) -> np.ndarray:
+        """The uint8 H×W×3 image exactly as the model sees it (for overlays)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        size = [self.spec.input_size, self.spec.input_size]
+        resized = TF.resize(tensor, size, antialias=True)
+        return resized.permute(1, 2, 0).contiguous().numpy()
+
+    def preprocess(self, img: np.ndarray) -> torch.Tensor:
+        """RGB uint8 H×W×3 → normalized 1×3×S×S float tensor on the model's device."""
+        tensor = torch.from_numpy(self.resize(img)).permute(2, 0, 1).float().div_(255)
+        tensor = TF.normalize(tensor, list(self.spec.mean), list(self.spec.std))
+        return tensor.unsqueeze(0).to(self.device)
+
+    def deprocess(self, tensor: torch.Tensor) -> np.ndarray:
+        """Inverse of ``preprocess``: 1×3×S×S (or 3×S×S) → uint8 H×W×3, clipped."""
+        x = tensor.detach().float().cpu()
+        if x.dim() == 4:
+            x = x[0]
+        mean = torch.tensor(self.spec.mean).view(3, 1, 1)
+        std = torch.tensor(self.spec.std).view(3, 1, 1)
+        x = (x * std + mean).clamp(0, 1)
+        return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    def layers(self) -> list[str]:
+        """Dotted names of the leaf and block modules, in forward-definition order."""
+        return [name for name, _ in self.module.named_modules() if name]
+
+    def conv_layers(self) -> list[str]:
+        """Dotted names of the Conv2d modules."""
+        return [n for n, m in self.module.named_modules() if isinstance(m, nn.Conv2d)]
+
+    def check_target(self, target: int) -> int:
+        """Rejects a class index outside the logits before it reaches the device."""
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+            raise ValueError(f"Class target must be an integer index, got {target!r}.")
+        if not 0 <= int(target) < len(self.spec.classes):
+            raise ValueError(
+                f"Class index {target} is outside this model's {len(self.spec.classes)} classes "
+                f"(0..{len(self.spec.classes) - 1})."
+            )
+        return int(target)
