@@ -6,18 +6,11 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
+from vizkit.methods.registry import list_methods
 from vizkit.metrics.faithfulness import deletion_insertion
 
 PAGE = "cam"
-METHODS = {
-    "cam": ("CAM", "Zhou et al. 2016: the linear head's weights times the last feature maps "
-            "(GAP networks only)."),
-    "grad_cam": ("Grad-CAM", "Selvaraju et al. 2017: feature maps weighted by their mean gradient."),
-    "grad_cam_pp": ("Grad-CAM++", "Chattopadhyay et al. 2018: higher-order gradient weights."),
-}
-
-FUNCTIONS = {"cam": cam, "grad_cam": grad_cam, "grad_cam_pp": grad_cam_pp}
+METHODS = {spec.name: spec for spec in list_methods(family="class_maps")}
 
 ui.page_header(
     "Class activation maps",
@@ -37,16 +30,16 @@ with col3:
 if st.button("Compute maps", type="primary", key="cam_go"):
     maps, curves = {}, {}
     progress = st.progress(0.0, text="Computing maps…")
-    for i, method in enumerate(METHODS):
-        fn = FUNCTIONS[method]
+    for i, (method, spec) in enumerate(METHODS.items()):
         try:
-            # CAM is defined at the layer feeding the GAP head; the others take the chosen layer.
-            maps[method] = fn(m, picked.image, target) if method == "cam" else fn(m, picked.image, target,
-                                                                                 layer=layer)
+            # A GAP-head method (CAM) is defined at the layer feeding the head; the others take
+            # the chosen layer.
+            chosen = {} if spec.needs_gap_head else {"layer": layer}
+            maps[method] = spec.run(m, picked.image, target=target, **chosen)
             curves[method] = deletion_insertion(m, picked.image, maps[method].map, target, steps=steps)
         except Exception as exc:  # noqa: BLE001 - CAM fails on non-GAP models; show the others
             maps[method] = exc
-        progress.progress((i + 1) / len(METHODS), text=f"{METHODS[method][0]} done")
+        progress.progress((i + 1) / len(METHODS), text=f"{spec.title} done")
     progress.empty()
     ui.store(PAGE, m, picked, {"maps": maps, "curves": curves, "target": target})
 
@@ -57,10 +50,11 @@ if kept is None:
 st.markdown(f"Maps for class **{m.classes[kept['target']]}**.")
 opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
 base = m.resize(picked.image)
-for col, (method, (title, text)) in zip(st.columns(len(METHODS)), METHODS.items(), strict=True):
+for col, (method, spec) in zip(st.columns(len(METHODS)), METHODS.items(), strict=True):
+    title = spec.title
     with col:
         st.subheader(title)
-        st.caption(text)
+        st.caption(spec.caption)
         result = kept["maps"][method]
         if isinstance(result, Exception):
             ui.show_error(result)
@@ -76,7 +70,7 @@ for col, (method, (title, text)) in zip(st.columns(len(METHODS)), METHODS.items(
 
 curves = kept["curves"]
 if curves:
-    names = {method: METHODS[method][0] for method in curves}
+    names = {method: METHODS[method].title for method in curves}
     best_del = min(curves, key=lambda k: curves[k].deletion_auc)
     best_ins = max(curves, key=lambda k: curves[k].insertion_auc)
     st.markdown(f"Most faithful here: **{names[best_del]}** by deletion, **{names[best_ins]}** by insertion.")

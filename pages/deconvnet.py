@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
-
 import streamlit as st
 
 import vizkit as vk
 from pages import _ui as ui
 from vizkit import render
-from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
+from vizkit.methods.registry import list_methods
 from vizkit.metrics.sanity import sanity_check
 
 PAGE = "deconvnet"
-METHODS = {
-    "deconvnet": ("Deconvnet", "Zeiler & Fergus 2013: rectify the backward signal at each ReLU."),
-    "guided_backprop": ("Guided backprop", "Springenberg et al. 2015: gradient, gated by forward and "
-                        "backward signs at each ReLU."),
-    "saliency": ("Saliency", "Simonyan et al. 2014: the plain gradient, max |·| over colours."),
-}
-
-FUNCTIONS = {"deconvnet": deconvnet, "guided_backprop": guided_backprop, "saliency": saliency}
+METHODS = {spec.name: spec for spec in list_methods(family="backprop")}
 
 
-def explain(method: str, m, img, target, layer, channel):
-    """One method call; a unit target goes to the methods whose signature takes one."""
-    fn = FUNCTIONS[method]
+def explain(spec, m, img, target, layer, channel):
+    """One method call: a class target, or a unit for the methods that explain units (else None)."""
     if layer is None:
-        return fn(m, img, target=target)
-    params = inspect.signature(fn).parameters
-    if "layer" in params and "channel" in params:
-        return fn(m, img, layer=layer, channel=channel)
+        return spec.run(m, img, target=target)
+    if "unit" in spec.targets:
+        return spec.run(m, img, unit=(layer, channel))
     return None
 
 
@@ -59,9 +48,9 @@ sanity = st.checkbox("Also run the model-randomization sanity check (slower)", k
 if st.button("Compute", type="primary", key="dc_go"):
     results = {}
     with st.spinner("Computing…"):
-        for method in METHODS:
+        for method, spec in METHODS.items():
             try:
-                results[method] = explain(method, m, picked.image, target, layer, channel)
+                results[method] = explain(spec, m, picked.image, target, layer, channel)
             except Exception as exc:  # noqa: BLE001 - one method failing must not hide the others
                 results[method] = exc
         scores = {}
@@ -73,8 +62,8 @@ if st.button("Compute", type="primary", key="dc_go"):
                             scores[method] = sanity_check(m, picked.image, method, target=target)
                         else:  # the unit form: the same layer and channel at every step
                             scores[method] = sanity_check(
-                                m, picked.image, lambda mm, im, _t, fn=FUNCTIONS[method]: fn(
-                                    mm, im, layer=layer, channel=channel))
+                                m, picked.image, lambda mm, im, _t, spec=METHODS[method]: spec.run(
+                                    mm, im, unit=(layer, channel)))
                     except Exception as exc:  # noqa: BLE001
                         scores[method] = exc
     ui.store(PAGE, m, picked, {"results": results, "scores": scores, "what": (kind, target, layer, channel)})
@@ -89,10 +78,11 @@ what = (f"class **{m.classes[target_]}**" if layer_ is None
 st.markdown(f"Explaining {what}.")
 base = m.resize(picked.image)
 columns = st.columns(len(METHODS))
-for col, (method, (title, text)) in zip(columns, METHODS.items(), strict=True):
+for col, (method, spec) in zip(columns, METHODS.items(), strict=True):
+    title = spec.title
     with col:
         st.subheader(title)
-        st.caption(text)
+        st.caption(spec.caption)
         result = kept["results"].get(method)
         if isinstance(result, Exception):
             ui.show_error(result)

@@ -6,9 +6,12 @@ A module of its own, not conftest.py: tests/ and tests/app/ each have a conftest
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +20,8 @@ from torch import nn
 # No test may touch the network: zoo weights resolve into an empty temporary cache.
 os.environ.setdefault("TORCH_HOME", "/nonexistent-vizkit-test-torch-home")
 
-from vizkit.models.base import ModelSpec
+from vizkit.methods.registry import MethodSpec, list_methods  # noqa: E402
+from vizkit.models.base import LoadedModel, ModelSpec  # noqa: E402
 from vizkit.models.registry import load_model  # noqa: E402
 
 
@@ -117,3 +121,98 @@ def png_chunk_types(data: bytes) -> list[bytes]:
         kinds.append(data[pos + 4:pos + 8])
         pos += 12 + length
     return kinds
+
+
+# ---------------------------------------------------------------- the generic tests' one method table
+# captum's testing/attr/helpers/test_config.py, for vizkit: the hook, thread, interrupt and memory
+# tests all iterate method_cases(), built from the method registry, so a registered method is
+# tested by all of them with no list to edit.
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodCase:
+    """One way to call a registered method: its spec and the kind of target it explains.
+
+    ``kind`` is one of ``vizkit.methods.registry.TARGET_KINDS``, or ``"model"`` for a method that
+    explains the model itself. Callable targets are not a case of their own: they take the class
+    form's path (tests/test_deconvnet.py and tests/test_cam.py check them against class indices).
+    """
+
+    spec: MethodSpec
+    kind: str
+
+    @property
+    def id(self) -> str:
+        return self.spec.name if self.kind in ("class", "model") else f"{self.spec.name}-{self.kind}"
+
+    def call(self, m: LoadedModel, img, target: int | None = None, **kwargs: Any):
+        """A cheap call (the spec's ``quick`` settings): ``target`` is the class of a class case and
+        the channel of a unit case (``None``: the top prediction, channel 0)."""
+        kwargs = {**self.spec.quick, **kwargs}
+        if self.kind == "class":
+            return self.spec.run(m, img, target=target, **kwargs)
+        if self.kind == "unit":
+            unit = (example_layer(self.spec, m), 0 if target is None else target)
+            return self.spec.run(m, img, unit=unit, **kwargs)
+        if self.kind == "layer":
+            return self.spec.run(m, img, layer=example_layer(self.spec, m), **kwargs)
+        return self.spec.run(m, img, **kwargs)
+
+
+def method_cases() -> list[MethodCase]:
+    """Every registered method in every target form it takes (see ``MethodCase``)."""
+    return [MethodCase(spec, kind) for spec in list_methods()
+            for kind in ([k for k in spec.targets if k != "callable"] or ["model"])]
+
+
+def example_layer(spec: MethodSpec, m: LoadedModel) -> str:
+    """The layer a generic test explains: the first of ``spec.layer_type``, else the CAM layer."""
+    if spec.layer_type is None:
+        return m.spec.cam_layer
+    return next(name for name, sub in m.module.named_modules() if isinstance(sub, spec.layer_type))
+
+
+# Wall-clock figures: equal results of two runs differ there.
+_TIMING_FIELDS = {"timings", "speedup_over_full"}
+
+
+def fingerprint(result: Any) -> Any:
+    """A comparable picture of any method's result: arrays as bytes, timings left out."""
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return tuple((f.name, fingerprint(getattr(result, f.name))) for f in dataclasses.fields(result)
+                     if f.name not in _TIMING_FIELDS)
+    if isinstance(result, Mapping):
+        return tuple(sorted((k, fingerprint(v)) for k, v in result.items() if k not in _TIMING_FIELDS))
+    if isinstance(result, torch.Tensor):
+        result = result.detach().cpu().numpy()
+    if isinstance(result, np.ndarray):
+        return result.shape, result.dtype.str, result.tobytes()
+    if isinstance(result, (list, tuple)):
+        return tuple(fingerprint(v) for v in result)
+    if isinstance(result, float):
+        return result.hex()  # NaN equals NaN here
+    return result
+
+
+def toy_method_spec(family: str = "class_maps", name: str = "toy_centre") -> MethodSpec:
+    """A stand-in method to register in a test: a centred bump whatever the image, explaining a class.
+
+    It checks and resolves its target like a real method (one forward under ``m.lock``).
+    """
+    from vizkit.core.results import Explanation
+    from vizkit.core.targets import check_target_early, resolve_target
+
+    def toy_centre(m: LoadedModel, img, target=None, layer=None) -> Explanation:
+        check_target_early(m, target)
+        with m.lock, torch.no_grad():
+            logits = m.module(m.preprocess(img))
+        resolved = resolve_target(m, logits, target)
+        side = m.input_size
+        yy, xx = np.mgrid[:side, :side]
+        bump = np.exp(-((yy - side / 2) ** 2 + (xx - side / 2) ** 2) / (side * side / 8)).astype(np.float32)
+        raw = torch.from_numpy(bump)[None, None].expand(1, 3, side, side).clone()
+        return Explanation(method=name, target=resolved if isinstance(resolved, int) else None,
+                           layer=layer, map=bump, raw=raw, info={})
+
+    return MethodSpec(name=name, title="Toy centre", citation="nobody 2026",
+                      summary="a centred bump, whatever the image.", family=family, fn=toy_centre)

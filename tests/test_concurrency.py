@@ -3,6 +3,8 @@
 Streamlit runs every session in its own thread and ``st.cache_resource`` shares one model among
 them. Each vizkit call must give exactly what a serial call gives, and leave no hook and no
 changed flag behind; ``LoadedModel.lock`` is what serializes the hooked forward/backward passes.
+Both tables are every registered method (``support.method_cases()``) plus ``predict``, which every
+page calls.
 """
 
 from __future__ import annotations
@@ -14,17 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from support import random_image
+from support import fingerprint, method_cases, random_image
 from vizkit.core.hooks import hook_count
-from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
-from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
-from vizkit.methods.filters import maximize_activation
-from vizkit.methods.layer_activations import activations
-from vizkit.methods.occlusion.sensitivity import occlusion
 from vizkit.methods.prediction import predict
 from vizkit.models.registry import load_model
 
-THREADS, CALLS = 8, 25
+CALLS = 25
 
 
 def module_state(module: nn.Module) -> dict:
@@ -66,32 +63,26 @@ def shared():
 
 
 IMAGES = [random_image(64, 64, seed) for seed in (11, 12, 13)]
-TARGETS = [None, 2, 7]  # per image; for deconvnet the same index picks a channel (None → 5)
+TARGETS = [None, 2, 7]  # per image; for a unit case the same index picks a channel (None → 0)
 
-METHODS = {
-    "grad_cam": lambda m, img, t: grad_cam(m, img, t),
-    "deconvnet": lambda m, img, t: deconvnet(m, img, "features.conv4", 5 if t is None else t),
-    "guided_backprop": lambda m, img, t: guided_backprop(m, img, t),
-    "occlusion": lambda m, img, t: occlusion(m, img, t, patch=32, stride=16),
-    "predict": lambda m, img, t: predict(m, img, top=3),
-}
+METHODS = {case.id: case.call for case in method_cases()}
+METHODS["predict"] = lambda m, img, t: predict(m, img, top=3)
+# Every round runs every method at once: one thread per method at least.
+THREADS = max(8, len(METHODS))
 
 
 def comparable(result) -> tuple:
-    """What must be identical between a threaded and a serial call."""
-    if isinstance(result, list):  # predict
-        return tuple(result), None, None
-    extra = None
-    if result.method == "occlusion":
-        extra = (result.info["box"], result.info["clean_probability"],
-                 result.info["probability_grid"].tobytes())
-    return result.map.tobytes() + result.raw.numpy().tobytes(), result.target, extra
+    """What must be identical between a threaded and a serial call: the whole result (maps, raw,
+    target, occlusion's box, clean probability and probability grid, ...), timings left out."""
+    return fingerprint(result)
 
 
 def job(k: int, i: int) -> tuple[str, int]:
-    """The method and image of call ``i`` of thread ``k`` (every thread mixes all methods)."""
+    """The method and image of call ``i`` of thread ``k`` (every thread mixes all methods; each
+    method meets every image, one round after another)."""
     names = list(METHODS)
-    return names[(k + i) % len(names)], (k * CALLS + i) % len(IMAGES)
+    method = (k + i) % len(names)
+    return names[method], (method + i) % len(IMAGES)
 
 
 @pytest.mark.slow
@@ -134,7 +125,7 @@ def test_threads_get_serial_results_and_leave_the_model_clean(shared):
 
 
 def test_job_mix_interleaves_every_method():
-    """Each round of the threaded test runs all five methods at once, on every image."""
+    """Each round of the threaded test runs all methods at once, on every image."""
     for i in range(CALLS):
         assert {job(k, i)[0] for k in range(THREADS)} == set(METHODS)
     assert {job(k, i) for k in range(THREADS) for i in range(CALLS)} == \
@@ -143,19 +134,10 @@ def test_job_mix_interleaves_every_method():
 
 # Each call must wait for m.lock: with the lock held elsewhere it cannot finish. On the tiny CNN a
 # call takes milliseconds, so a call that ignored the lock would be done long before the check.
-LOCKED_CALLS = {
-    "predict": lambda m, img: predict(m, img),
-    "activations": lambda m, img: activations(m, img, "relu2"),
-    "saliency": lambda m, img: saliency(m, img),
-    "guided_backprop": lambda m, img: guided_backprop(m, img, 1),
-    "deconvnet": lambda m, img: deconvnet(m, img, "conv2", 3),
-    "deconvnet_class": lambda m, img: deconvnet(m, img, target=0),
-    "cam": lambda m, img: cam(m, img),
-    "grad_cam": lambda m, img: grad_cam(m, img, 2),
-    "grad_cam_pp": lambda m, img: grad_cam_pp(m, img),
-    "occlusion": lambda m, img: occlusion(m, img, patch=8, stride=8),
-    "maximize_activation": lambda m, img: maximize_activation(m, "conv2", [0], steps=2, size=16),
-}
+# Every method that runs the model; filter weights and the summary read the weights or the graph.
+LOCKED_CALLS = {case.id: lambda m, img, case=case: case.call(m, img, 1)
+                for case in method_cases() if case.spec.forward}
+LOCKED_CALLS["predict"] = lambda m, img: predict(m, img)
 
 
 @pytest.mark.parametrize("name", list(LOCKED_CALLS))
@@ -174,4 +156,6 @@ def test_every_call_waits_for_the_model_lock(tiny, name):
         assert out["r"] == expected
     elif hasattr(expected, "map"):
         np.testing.assert_array_equal(out["r"].map, expected.map)
+    else:
+        assert fingerprint(out["r"]) == fingerprint(expected)
     assert hook_count(tiny.module) == 0

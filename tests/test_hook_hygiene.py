@@ -1,19 +1,20 @@
-"""Every method on every registry model leaves no hooks and no changed flags behind, after a
-normal run, a bad target, and an exception inside the forward (captum's test_hook_removal).
-Also: concurrent calls on one shared model equal serial ones (RELIABILITY.md, issue 7)."""
+"""Every registered method on every registry model leaves no hooks and no changed flags behind,
+after a normal run, a bad target, and an exception inside the forward (captum's test_hook_removal).
+Also: concurrent calls on one shared model equal serial ones (docs/reliability.md, "Shared models").
+
+The methods come from the method registry (``support.method_cases()``); what a method needs from a
+model (a GAP head, ``nn.ReLU`` modules) comes from its spec and decides the right error below."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-import vizkit as vk
-from support import random_image, zoo_model
+from support import MethodCase, method_cases, random_image, zoo_model
 from vizkit.core.hooks import _HOOK_DICTS, FunctionalReLUError, find_layer, hook_count
 from vizkit.core.results import Explanation
 from vizkit.models.base import LoadedModel
@@ -32,34 +33,22 @@ def _first_conv(m):
     return m.conv_layers()[0]
 
 
-# name → (call(m, img, target), takes a class target)
-METHODS: dict[str, tuple[Callable, bool]] = {
-    "activations": (lambda m, img, t: vk.activations(m, img, m.spec.cam_layer),
-                    False),
-    "deconvnet_unit": (lambda m, img, t: vk.deconvnet(m, img, m.spec.cam_layer, 0),
-                       False),
-    "deconvnet_class": (lambda m, img, t: vk.deconvnet(m, img, target=t), True),
-    "guided_backprop": (lambda m, img, t: vk.guided_backprop(m, img, t), True),
-    "saliency": (lambda m, img, t: vk.saliency(m, img, t), True),
-    "cam": (lambda m, img, t: vk.cam(m, img, t), True),
-    "grad_cam": (lambda m, img, t: vk.grad_cam(m, img, t), True),
-    "grad_cam_pp": (lambda m, img, t: vk.grad_cam_pp(m, img, t), True),
-    "occlusion": (lambda m, img, t: vk.occlusion(m, img, t, patch=16, stride=16),
-                  True),
-    "filter_weights": (lambda m, img, t: vk.filter_weights(m, _first_conv(m)), False),
-    "maximize_activation": (
-        lambda m, img, t: vk.maximize_activation(m, m.spec.cam_layer, [0], steps=2, size=32), False),
-    "summarize": (lambda m, img, t: vk.summarize(m), False),
-}
+CASES = {case.id: case for case in method_cases()}
+# Every case with a class target; every case that runs the model (filter weights and the summary
+# read the weights or the graph only).
+CLASS_CASES = [name for name, case in CASES.items() if case.kind == "class"]
+FORWARD_CASES = [name for name, case in CASES.items() if case.spec.forward]
 
+# What the registry models lack, for the methods whose spec needs it.
 NO_GAP_HEAD = {"alexnet", "vgg16", "vgg19", "squeezenet1_1"}
+FUNCTIONAL_RELU = {"googlenet"}  # BasicConv2d calls F.relu
 
 
-def expected_error(method: str, model: str) -> type[Exception] | None:
+def expected_error(case: MethodCase, model: str) -> type[Exception] | None:
     """The errors that are the right answer (a clear message instead of a wrong map)."""
-    if model == "googlenet" and method in ("deconvnet_unit", "deconvnet_class", "guided_backprop"):
-        return FunctionalReLUError   # BasicConv2d calls F.relu
-    if method == "cam" and model in NO_GAP_HEAD:
+    if case.spec.needs_rectifiers and model in FUNCTIONAL_RELU:
+        return FunctionalReLUError
+    if case.spec.needs_gap_head and model in NO_GAP_HEAD:
         return ValueError
     return None
 
@@ -99,36 +88,36 @@ def _check_result(result, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(CASES))
 @pytest.mark.parametrize("model", list_models())
 def test_no_trace_after_a_normal_run(model, method):
     m = small(model)
-    call, _ = METHODS[method]
+    case = CASES[method]
     img = random_image(SIZE, SIZE, seed=7)
     with _Unusual(m.module):
         before = snapshot(m.module)
-        error = expected_error(method, model)
+        error = expected_error(case, model)
         if error is None:
-            _check_result(call(m, img, None), method)
+            _check_result(case.call(m, img, None), method)
         else:
             with pytest.raises(error):
-                call(m, img, None)
+                case.call(m, img, None)
         assert snapshot(m.module) == before
     assert hook_count(m.module) == 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [name for name, (_, takes) in METHODS.items() if takes])
+@pytest.mark.parametrize("method", CLASS_CASES)
 @pytest.mark.parametrize("model", list_models())
 def test_no_trace_after_a_bad_target(model, method, monkeypatch):
     m = small(model)
-    call, _ = METHODS[method]
+    case = CASES[method]
     forwards = []
     handle = m.module.register_forward_pre_hook(lambda *a: forwards.append(1))
     try:
         before = snapshot(m.module)
         with pytest.raises(ValueError, match="outside this model's"):
-            call(m, random_image(SIZE, SIZE), len(m.classes))
+            case.call(m, random_image(SIZE, SIZE), len(m.classes))
         assert forwards == [], "a bad target must be rejected before any forward"
         assert snapshot(m.module) == before
     finally:
@@ -137,7 +126,7 @@ def test_no_trace_after_a_bad_target(model, method, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [name for name in METHODS if name not in ("filter_weights", "summarize")])
+@pytest.mark.parametrize("method", FORWARD_CASES)
 @pytest.mark.parametrize("model", list_models())
 @pytest.mark.parametrize("how", ["pre_hook", "patched_module"])
 def test_no_trace_after_an_exception_in_the_forward(model, method, how, monkeypatch):
@@ -145,7 +134,7 @@ def test_no_trace_after_an_exception_in_the_forward(model, method, how, monkeypa
         pytest.skip("occlusion interprets the model's fx graph, calling module.forward directly: "
                     "module hooks do not fire there (the patched_module case covers it)")
     m = small(model)
-    call, _ = METHODS[method]
+    case = CASES[method]
 
     def explode(*_):
         raise RuntimeError("boom inside the forward")
@@ -161,10 +150,10 @@ def test_no_trace_after_an_exception_in_the_forward(model, method, how, monkeypa
         with _Unusual(m.module):
             before = snapshot(m.module)
             # GoogLeNet's first F.relu comes before the CAM layer's pre-hook: that error first.
-            early = how == "pre_hook" and expected_error(method, model) is FunctionalReLUError
+            early = how == "pre_hook" and expected_error(case, model) is FunctionalReLUError
             with pytest.raises(FunctionalReLUError if early else RuntimeError,
                                match="F.relu" if early else "boom inside the forward"):
-                call(m, random_image(SIZE, SIZE), 1)
+                case.call(m, random_image(SIZE, SIZE), 1)
             assert snapshot(m.module) == before
     finally:
         if handle is not None:

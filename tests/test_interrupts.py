@@ -15,10 +15,8 @@ import pytest
 import torch
 from test_concurrency import assert_no_hooks, assert_same_state, module_state
 
-from support import random_image
+from support import fingerprint, method_cases, random_image
 from vizkit.data.textures import landscape
-from vizkit.methods.filters import maximize_activation
-from vizkit.methods.occlusion.sensitivity import occlusion
 from vizkit.methods.style import transfer as vs
 from vizkit.models.registry import load_model
 
@@ -66,21 +64,15 @@ def raise_on_call(n: int, error: type[BaseException]):
     return progress, calls
 
 
-JOBS = {
-    "occlusion": lambda m, progress: occlusion(
-        m, random_image(64, 64, 5), 3, patch=32, stride=16, batch_size=4, progress=progress),
-    "maximize_activation": lambda m, progress: maximize_activation(
-        m, "features.relu3", [1, 4, 9], steps=4, size=32, batch_size=2, progress=progress),
-}
+# Every long-running registered method (it reports progress and takes a batch size), in small
+# batches so that a run has several progress calls to interrupt.
+JOBS = {case.id: lambda m, progress, case=case: case.call(m, random_image(64, 64, 5), 3, batch_size=2,
+                                                           progress=progress)
+        for case in method_cases() if case.spec.long_running}
 
 
-_NORMAL: dict[str, bytes] = {}
-
-
-def fingerprint(result) -> bytes:
-    if hasattr(result, "map"):
-        return result.map.tobytes() + result.info["probability_grid"].tobytes()
-    return result.images.tobytes() + result.scores.tobytes()
+_NORMAL: dict[str, object] = {}
+_NORMAL_CALLS: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("error", [RerunLike, StopLike, KeyboardInterrupt])
@@ -89,11 +81,14 @@ def test_interrupted_job_releases_lock_and_hooks_and_next_run_is_normal(fashion_
     m = fashion_random
     before = module_state(m.module)
     if job not in _NORMAL:
-        _NORMAL[job] = fingerprint(JOBS[job](m, None))
+        counted, normal_calls = raise_on_call(0, error)  # never raises: counts the progress calls
+        _NORMAL[job] = fingerprint(JOBS[job](m, counted))
+        _NORMAL_CALLS[job] = normal_calls["n"]
     progress, calls = raise_on_call(2, error)
     with pytest.raises(error, match="interrupted"):
         JOBS[job](m, progress)
-    assert calls["n"] == 2  # it really stopped half-way, on the second batch/step
+    # It really stopped half-way, on the second batch/step of more.
+    assert calls["n"] == 2 < _NORMAL_CALLS[job]
     assert lock_is_free(m.lock)
     assert_no_hooks(m.module)
     assert_same_state(before, module_state(m.module))

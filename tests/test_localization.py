@@ -130,7 +130,7 @@ def test_a_plateau_maximum_points_at_its_centre():
 def test_cli_rejects_an_unknown_method(capsys):
     import argparse
 
-    from vizkit.metrics import localization
+    from vizkit.cli import localization
 
     args = argparse.Namespace(model="fashion-zf", scenes=2, methods="cam,gradcam", tolerance=None)
     assert localization.run(args) == 2

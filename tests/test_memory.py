@@ -3,7 +3,8 @@
 RSS is measured in a fresh subprocess (other tests' allocations would blur it), from
 /proc/self/statm, after ``gc.collect()``: the level after the first 5 calls of a method is the
 reference, and after 100 calls the process must stay within 1.1× of it (the bound
-pytorch-grad-cam's tests use). A deliberately leaking control shows the probe can fail.
+pytorch-grad-cam's tests use). Every registered method is probed (``support.method_cases()``); a
+deliberately leaking control shows the probe can fail.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from support import TINY_SPEC, make_tiny_cnn
+from support import TINY_SPEC, make_tiny_cnn, method_cases
 from vizkit.core.hooks import hook_count
 from vizkit.methods.filters import maximize_activation
 from vizkit.models.registry import wrap_module
@@ -31,12 +32,8 @@ import gc, json, os, sys
 import numpy as np
 import torch
 sys.path.insert(0, "tests")
-from support import random_image
-from vizkit.methods.layer_activations import activations
-from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
-from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
+from support import method_cases, random_image
 from vizkit.models.registry import load_model
-from vizkit.methods.occlusion.sensitivity import occlusion
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -51,18 +48,9 @@ torch.manual_seed(0)
 m = load_model("fashion-zf", device="cpu", weights=None)
 images = [random_image(64, 64, s) for s in range(3)]
 kept = []
-methods = {
-    "saliency": lambda img: saliency(m, img),
-    "guided_backprop": lambda img: guided_backprop(m, img, 3),
-    "deconvnet": lambda img: deconvnet(m, img, "features.conv4", 7),
-    "grad_cam": lambda img: grad_cam(m, img),
-    "grad_cam_pp": lambda img: grad_cam_pp(m, img, 1),
-    "cam": lambda img: cam(m, img),
-    "occlusion": lambda img: occlusion(m, img, patch=32, stride=16),
-    "activations": lambda img: activations(m, img, "features.relu2"),
-    # The control leaks on purpose (4 MB kept per call): the probe must see it.
-    "leaky_control": lambda img: kept.append(np.ones(2**20, np.float32)),
-}
+methods = {case.id: lambda img, case=case: case.call(m, img, 3) for case in method_cases()}
+# The control leaks on purpose (4 MB kept per call): the probe must see it.
+methods["leaky_control"] = lambda img: kept.append(np.ones(2**20, np.float32))
 names = sys.argv[1:] or list(methods)
 out = {}
 for name in names:
@@ -87,10 +75,9 @@ def run_probe(*names: str) -> dict:
 
 @pytest.mark.slow
 def test_hundred_calls_keep_rss_within_bound():
-    methods = ["saliency", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_pp", "cam",
-               "occlusion", "activations", "leaky_control"]
-    result = run_probe(*methods)
+    result = run_probe()  # every registered method, and the leaking control
     print(json.dumps(result, indent=1))  # the figures, with -s
+    assert set(result) == {case.id for case in method_cases()} | {"leaky_control"}
     assert result["leaky_control"]["ratio"] > RSS_BOUND  # the probe sees a 4 MB-per-call leak
     over = {k: v["ratio"] for k, v in result.items() if k != "leaky_control" and v["ratio"] > RSS_BOUND}
     assert not over, over

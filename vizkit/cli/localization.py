@@ -3,47 +3,62 @@
 from __future__ import annotations
 
 from vizkit.data.scenes import Scenes
-from vizkit.metrics.localization import explanation_peak, peak_point, pointing_games, standard_tolerance
+from vizkit.methods.registry import get_method
+from vizkit.metrics.localization import (
+    explanation_peak,
+    peak_point,
+    pointing_games,
+    pointing_methods,
+    standard_tolerance,
+)
+
+# Settings a method is scored with on the bundled 64×64 scenes (the README's figures): occlusion
+# with 12-px squares every 4 px.
+SETTINGS = {"occlusion": {"patch": 12, "stride": 4, "baseline": "mean"}}
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="fashion-zf")
     parser.add_argument("--scenes", type=int, default=1000, help="how many bundled scenes to score")
     parser.add_argument("--methods", default="cam,grad_cam,occlusion",
-                        help="comma-separated; also grad_cam_pp, and occlusion_pixels (occlusion "
-                             "scored at the maximum of its per-pixel map instead of its square)")
+                        help=f"comma-separated, from {', '.join(pointing_methods())}; occlusion_pixels "
+                             "scores occlusion at the maximum of its per-pixel map instead of its square")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="pixels around the box (default: Zhang et al.'s 15 px at 224, scaled)")
+
+
+def choices() -> dict[str, tuple]:
+    """Every name ``--methods`` takes: ``(explain, point)`` of each registered pointing method."""
+    out = {}
+    for name in pointing_methods():
+        spec, settings = get_method(name), SETTINGS.get(name, {})
+
+        def explain(m, img, t, spec=spec, settings=settings):
+            return spec.run(m, img, target=t, **settings)
+
+        out[name] = (explain, explanation_peak)
+    # Occlusion points at its most damaging square; occlusion_pixels at its per-pixel map's maximum.
+    out["occlusion_pixels"] = (out["occlusion"][0], lambda result: peak_point(result.map))
+    return out
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
     from vizkit.data.scenes import bundled_subset
-    from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
-    from vizkit.methods.occlusion.sensitivity import occlusion
     from vizkit.models.registry import load_model
 
-    def occluded(m, img, t):
-        return occlusion(m, img, t, patch=12, stride=4, baseline="mean")
-
-    methods = {
-        "cam": (lambda m, img, t: cam(m, img, t), explanation_peak),
-        "grad_cam": (lambda m, img, t: grad_cam(m, img, t), explanation_peak),
-        "grad_cam_pp": (lambda m, img, t: grad_cam_pp(m, img, t), explanation_peak),
-        "occlusion": (occluded, explanation_peak),
-        "occlusion_pixels": (occluded, lambda result: peak_point(result.map)),
-    }
-    m = load_model(args.model)
-    subset = bundled_subset()
-    n = min(args.scenes, len(subset))
-    scenes = Scenes(subset.images[:n], subset.labels[:n], subset.boxes[:n])
-    tolerance = standard_tolerance(m.input_size) if args.tolerance is None else args.tolerance
+    methods = choices()
     names = args.methods.split(",")
     unknown = [name for name in names if name not in methods]
     if unknown:
         print(f"unknown method {', '.join(unknown)}: choose from {', '.join(methods)}")
         return 2
+    m = load_model(args.model)
+    subset = bundled_subset()
+    n = min(args.scenes, len(subset))
+    scenes = Scenes(subset.images[:n], subset.labels[:n], subset.boxes[:n])
+    tolerance = standard_tolerance(m.input_size) if args.tolerance is None else args.tolerance
     for name in names:
         explain, point = methods[name]
         tolerances = sorted({0.0, tolerance})

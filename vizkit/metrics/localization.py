@@ -21,7 +21,13 @@ import numpy as np
 from vizkit.core.results import Explanation
 from vizkit.data.scenes import Scenes
 from vizkit.methods.prediction import predict
+from vizkit.methods.registry import list_methods
 from vizkit.models.base import LoadedModel
+
+
+def pointing_methods() -> list[str]:
+    """The registered methods the pointing game can score: maps of a class target."""
+    return [spec.name for spec in list_methods(target="class", result=Explanation)]
 
 
 def standard_tolerance(size: int) -> float:

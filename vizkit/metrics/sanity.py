@@ -20,6 +20,7 @@ from torch import nn
 
 from vizkit.core.results import Explanation
 from vizkit.core.targets import Target, check_target_early
+from vizkit.methods.registry import get_method, list_methods
 from vizkit.models.base import LoadedModel
 
 Method = Callable[[LoadedModel, np.ndarray, Target], Explanation]
@@ -49,18 +50,17 @@ class SanityResult:
     final: float
 
 
-def _methods() -> dict[str, Method]:
-    from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
-    from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
+def sanity_methods() -> list[str]:
+    """The registered methods the check takes by name: one-pass maps of a class target."""
+    return [spec.name for spec in list_methods(target="class", result=Explanation, long_running=False)]
 
-    return {
-        "saliency": saliency,
-        "guided_backprop": guided_backprop,
-        "deconvnet": lambda m, img, target: deconvnet(m, img, target=target),
-        "grad_cam": grad_cam,
-        "grad_cam_pp": grad_cam_pp,
-        "cam": cam,
-    }
+
+def _method(name: str) -> Method:
+    names = sanity_methods()
+    if name not in names:
+        raise ValueError(f"Unknown method {name!r}. Available: {', '.join(names)}.")
+    spec = get_method(name)
+    return lambda m, img, target: spec.run(m, img, target=target)
 
 
 def randomization_steps(module: nn.Module) -> list[list[str]]:
@@ -112,16 +112,13 @@ def sanity_check(
     Args:
         m: the model.
         img: RGB uint8 H×W×3.
-        method: a name ("saliency", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_pp",
-            "cam") or a function ``f(m, img, target) -> Explanation``.
+        method: a name from ``sanity_methods()`` (registered one-pass methods of a class
+            target) or a function ``f(m, img, target) -> Explanation``.
         target: class index, ``None`` for the top prediction, or a callable on the logits.
         seed: seed of the re-initialization (its own generator; global RNG untouched).
     """
     if isinstance(method, str):
-        methods = _methods()
-        if method not in methods:
-            raise ValueError(f"Unknown method {method!r}. Available: {', '.join(methods)}.")
-        name, fn = method, methods[method]
+        name, fn = method, _method(method)
     else:
         name, fn = getattr(method, "__name__", "custom"), method
     check_target_early(m, target)
