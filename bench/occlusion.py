@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vizkit.core.images import load_image  # noqa: E402
-from vizkit.methods.occlusion.sensitivity import baseline_value, occlusion  # noqa: E402
+from vizkit.methods.occlusion.sensitivity import OcclusionRun, baseline_value, occlusion  # noqa: E402
 from vizkit.models.registry import load_model, weights_available  # noqa: E402
 
 
@@ -124,15 +124,17 @@ def main(argv: list[str] | None = None) -> int:
 
     exact = occlusion(m, img, target=target, patch=args.patch, stride=args.stride,
                       baseline=args.baseline, mode="exact")
-    exact_s = exact.info["timings"]["cpu_s"]
-    wall = exact.info["timings"]["total_s"]
-    print(f"vizkit exact: {exact_s:.2f} s CPU, {wall:.2f} s wall "
-          f"(nodes {exact.info.get('nodes')}, batch {exact.info['batch_size']})")
+    exact_run: OcclusionRun = exact.info
+    exact_s = exact_run.timings.cpu_s
+    print(f"vizkit exact: {exact_s:.2f} s CPU, {exact_run.timings.total_s:.2f} s wall "
+          f"(nodes {exact_run.nodes}, batch {exact_run.batch_size})")
     approx = occlusion(m, img, target=target, patch=args.patch, stride=args.stride,
                        baseline=args.baseline, mode="approximate")
-    approx_s = approx.info["timings"]["cpu_s"]
-    print(f"vizkit approximate: {approx_s:.2f} s CPU ({approx.info['evaluated']} of "
-          f"{approx.info['total_positions']} positions evaluated)")
+    approx_run: OcclusionRun = approx.info
+    approx_s = approx_run.timings.cpu_s
+    print(f"vizkit approximate: {approx_s:.2f} s CPU ({approx_run.evaluated} of "
+          f"{approx_run.total_positions} positions evaluated; {approx_run.arithmetic}: "
+          f"{approx_run.arithmetic_reason})")
 
     max_rel_diff = float(np.abs(exact.map - reference).max() / np.abs(reference).max())
     span = float(exact.map.max() - exact.map.min()) or 1.0

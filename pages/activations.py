@@ -111,6 +111,6 @@ with right:
         ui.picture(patch_grid(found, "projections"), "Their deconvnet projections",
                    ui.safe_name("top-projections", m.spec.name, acts.layer, channel), key="act_top9_proj")
     else:
-        st.info(f"No projections: {found.info.get('projection_error', 'deconvnet is not available')}")
+        st.info(f"No projections: {found.projection_error or 'deconvnet is not available'}")
 winners = zip(found.indices, found.scores, strict=True)
 st.caption("Scenes (channel maximum): " + ", ".join(f"#{int(i)} ({v:.3g})" for i, v in winners))

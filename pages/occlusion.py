@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.methods.occlusion.sensitivity import MODES, approximation_summary, occlusion
+from vizkit.methods.occlusion.sensitivity import MODES, OcclusionRun, approximation_summary, occlusion
 
 PAGE = "occlusion"
 RUNNING = "occ_running"
@@ -67,40 +67,34 @@ if go:
     if result is not None:
         ui.store(PAGE, m, picked, result)
 
-result = ui.stored(PAGE, m, picked)
-if result is None:
-    st.info("Set the patch and press **Compute**.")
-    st.stop()
+result = ui.stored_or_stop(PAGE, m, picked, "Set the patch and press **Compute**.")
 
-info = result.info
-timings = info.get("timings", {})
+run: OcclusionRun = result.info
+timings = run.timings
 cols = st.columns(5)
-cols[0].metric("Clean probability", f"{info.get('clean_probability', float('nan')):.1%}")
+cols[0].metric("Clean probability", f"{run.clean_probability:.1%}")
 cols[1].metric("Largest drop", f"{float(np.nanmax(result.raw.numpy())):.1%}")
-if "total_s" in timings:
-    cols[2].metric("Time", f"{timings['total_s']:.2f} s")
-speedup = info.get("speedup_over_full")
-if speedup:
-    cols[3].metric("Speed-up vs full", f"{speedup:.1f}×",
+cols[2].metric("Time", f"{timings.total_s:.2f} s")
+if run.speedup_over_full:
+    cols[3].metric("Speed-up vs full", f"{run.speedup_over_full:.1f}×",
                    help=f"Full inference (one forward pass per position) would take about "
-                        f"{timings.get('full_estimate_s', float('nan')):.2f} s here, timed on a few "
-                        "positions.")
-cols[4].metric("Positions evaluated", f"{info.get('evaluated', '?')}/{info.get('total_positions', '?')}")
+                        f"{timings.full_estimate_s:.2f} s here, timed on a few positions.")
+cols[4].metric("Positions evaluated", f"{run.evaluated}/{run.total_positions}")
 notes = [f"Class **{m.classes[result.target]}**" if result.target is not None else "Callable target",
-         f"patch {info.get('patch')} px, stride {info.get('stride')} px, colour {info.get('baseline')}",
-         f"mode **{info.get('mode')}**"]
-summary = approximation_summary(info)
+         f"patch {run.patch} px, stride {run.stride} px, colour {run.baseline}",
+         f"mode **{run.mode}**"]
+summary = approximation_summary(run)
 if summary:
     notes.append(f"**approximate**: {summary}")
-if info.get("fallback"):
-    notes.append(str(info["fallback"]))
+if run.fallback:
+    notes.append(run.fallback)
 st.markdown(" · ".join(notes))
 
 opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="occ_opacity")
 base = m.resize(picked.image)
 big = render.enlarge(base, 320)
 f = big.shape[0] / base.shape[0]
-x0, y0, x1, y1 = info["box"]
+x0, y0, x1, y1 = run.box
 box = (x0 * f, y0 * f, x1 * f, y1 * f)
 name = m.classes[result.target] if result.target is not None else "score"
 left, mid, right = st.columns(3)
@@ -110,18 +104,17 @@ with left:
                "Probability drop (red: occluding here hurts most; box: the most damaging patch)",
                ui.safe_name("occlusion", m.spec.name, name), key="occ_map")
 with mid:
-    grid = np.asarray(info["probability_grid"], dtype=np.float32)
+    grid = np.asarray(run.probability_grid, dtype=np.float32)
     prob_img = render.overlay(big, grid, opacity, "jet", smooth=False)
     ui.picture(prob_img, f"p({name}) with the patch at each position (blue: low)",
                ui.safe_name("occlusion-probability", m.spec.name, name), key="occ_prob")
 with right:
-    feature = info.get("feature_map")
-    if feature is not None:
-        heat = render.overlay(big, feature, opacity, "jet")
+    if run.feature_map is not None:
+        heat = render.overlay(big, run.feature_map, opacity, "jet")
         ui.picture(render.draw_box(heat, box, (255, 255, 255), max(2, int(f))),
-                   f"Drop of {result.layer} channel {info.get('channel')}'s total activation "
+                   f"Drop of {result.layer} channel {run.channel}'s total activation "
                    "(its strongest feature map)",
-                   ui.safe_name("occlusion-feature", m.spec.name, result.layer, info.get("channel")),
+                   ui.safe_name("occlusion-feature", m.spec.name, result.layer, run.channel),
                    key="occ_feature")
 with st.expander("Probability per patch position (hover for values)"):
     st.plotly_chart(render.heatmap_figure(grid, signed=False), key="occ_grid_fig")

@@ -9,7 +9,7 @@ import torch
 from vizkit.core.results import Explanation
 from vizkit.data.scenes import Scenes, bundled_subset
 from vizkit.methods.class_maps import cam, grad_cam
-from vizkit.methods.occlusion.sensitivity import occlusion
+from vizkit.methods.occlusion.sensitivity import OcclusionRun, OcclusionTimings, occlusion
 from vizkit.metrics.localization import (
     explanation_peak,
     peak_point,
@@ -82,9 +82,17 @@ def test_several_tolerances_explain_each_scene_once(fashion):
 
 
 def _occlusion_result(raw: np.ndarray, pixel_map: np.ndarray, positions, patch: int) -> Explanation:
+    n = len(positions)
+    run = OcclusionRun(
+        probability_grid=np.zeros((n, n), np.float32), clean_probability=1.0, score="probability",
+        box=(0, 0, patch, patch), positions=(tuple(positions), tuple(positions)), patch=patch,
+        stride=positions[1] - positions[0], baseline="mean", mode="exact", approximate=False,
+        drill_down=False, interpolated=0, interpolation_error=None, arithmetic="float32",
+        arithmetic_reason="exact mode computes in float32", evaluated=n * n, total_positions=n * n,
+        complete=True, batch_size=1, out_of_memory_retries=0,
+        timings=OcclusionTimings(clean_s=0.0, positions_s=0.0, total_s=0.0, cpu_s=0.0))
     return Explanation(method="occlusion", target=0, layer=None, map=pixel_map,
-                       raw=torch.from_numpy(raw.astype(np.float32)),
-                       info={"positions": (positions, positions), "patch": patch})
+                       raw=torch.from_numpy(raw.astype(np.float32)), info=run)
 
 
 def test_occlusion_points_at_its_most_damaging_square():

@@ -25,3 +25,44 @@ def test_eval_only_reproduces_the_model_card_accuracy(capsys):
     # Equal up to a prediction or two flipping with another thread count's float rounding.
     assert abs(float(measured.group(1)) - float(claimed.group(1))) <= 0.02
     assert float(claimed.group(1)) >= 88.0, "the bundled model is below the 88% bar"
+
+
+def test_writes_are_atomic_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "weights.safetensors"
+    train.write_atomically(target, lambda tmp: tmp.write_text("first"))
+    assert target.read_text() == "first"
+
+    def half_then_fail(tmp):
+        tmp.write_text("half a file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        train.write_atomically(target, half_then_fail)
+    assert target.read_text() == "first"  # the old file, not the half-written one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.safetensors"]  # no temporary left
+
+
+def test_model_card_says_how_the_run_was_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "MODEL_CARD", tmp_path / "MODEL_CARD.md")
+    settings = train.TrainingSettings(epochs=3, lr=0.002, seed=7, batch=64)
+    run = train.TrainingRun(history=[{"epoch": 1, "loss": 1.25, "check_accuracy": 0.5, "minutes": 2.0}],
+                            minutes=2.0, module=torch.nn.Identity())
+    train.write_model_card(0.8912, [0.9] * 10, run, settings)
+    card = train.MODEL_CARD.read_text()
+    assert "**89.12%**" in card
+    assert "`python -m vizkit train --epochs 3 --lr 0.002 --seed 7`, one run from scratch." in card
+    assert "| 1 | 1.250 | 50.0% | 2.0 |" in card and "batch\n64" in card
+    assert train.TrainingSettings() == train.TrainingSettings(epochs=10, batch=128, lr=3e-3, seed=0)
+
+
+def test_cli_defaults_are_the_recipe():
+    import argparse
+
+    from vizkit.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args([])
+    recipe = train.TrainingSettings()
+    assert (args.epochs, args.batch, args.lr, args.seed) == \
+        (recipe.epochs, recipe.batch, recipe.lr, recipe.seed)

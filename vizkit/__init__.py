@@ -22,6 +22,7 @@ from vizkit.methods.occlusion.sensitivity import occlusion
 from vizkit.methods.patches import patch_grid, top_patches
 from vizkit.methods.prediction import predict
 from vizkit.methods.receptive_fields import receptive_field, summarize, summary_table
+from vizkit.methods.registry import MethodSpec, get_method, list_methods
 from vizkit.methods.style.transfer import style_transfer
 from vizkit.metrics.faithfulness import deletion_insertion
 from vizkit.metrics.sanity import sanity_check
@@ -30,10 +31,11 @@ from vizkit.models.registry import list_models, load_model
 from vizkit.models.weights import WeightsError
 
 __all__ = [
-    "Activations", "Explanation", "ImageError", "LoadedModel", "WeightsError",
+    "Activations", "Explanation", "ImageError", "LoadedModel", "MethodSpec", "WeightsError",
     "activations", "cam", "correspondence", "deconvnet", "deletion_insertion", "feature_evolution",
-    "filter_grid", "filter_weights", "grad_cam", "grad_cam_pp", "guided_backprop", "invariance",
-    "layer_features", "linear_probes", "list_models", "load_image", "load_model", "maximize_activation",
-    "occlusion", "patch_grid", "predict", "receptive_field", "safe_filename", "saliency", "sanity_check",
-    "style_transfer", "summarize", "summary_table", "to_png_bytes", "top_patches",
+    "filter_grid", "filter_weights", "get_method", "grad_cam", "grad_cam_pp", "guided_backprop",
+    "invariance", "layer_features", "linear_probes", "list_methods", "list_models", "load_image",
+    "load_model", "maximize_activation", "occlusion", "patch_grid", "predict", "receptive_field",
+    "safe_filename", "saliency", "sanity_check", "style_transfer", "summarize", "summary_table",
+    "to_png_bytes", "top_patches",
 ]

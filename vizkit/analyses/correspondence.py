@@ -150,6 +150,7 @@ def correspondence(
     part: str | Region = "top-left",
     labels: np.ndarray | None = None,
     layers: Sequence[str] | None = None,
+    *,
     seed: int = 0,
     batch_size: int = 50,
     progress: Callable[[int, int], object] | None = None,

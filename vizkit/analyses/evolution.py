@@ -133,6 +133,7 @@ def feature_evolution(
     channels: Sequence[int] | None = None,
     snapshots: Sequence[tuple[int, str | Path]] | None = None,
     images: np.ndarray | None = None,
+    *,
     model: str = "fashion-zf",
     limit: int = 500,
     device: str | None = None,

@@ -98,6 +98,7 @@ def linear_probes(
     train_labels: np.ndarray,
     test_images: Sequence[np.ndarray] | np.ndarray,
     test_labels: np.ndarray,
+    *,
     layers: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     c: float = 1.0,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from vizkit.methods.occlusion.sensitivity import MODES, Baseline, approximation_summary, occlusion
+from vizkit.methods.occlusion.sensitivity import (
+    MODES,
+    Baseline,
+    OcclusionRun,
+    approximation_summary,
+    occlusion,
+)
 
 
 def add_arguments(parser) -> None:
@@ -47,13 +53,12 @@ def run(args) -> int:
     img = load_image(args.image)
     result = occlusion(m, img, target=args.target, patch=args.patch, stride=args.stride,
                        baseline=_parse_baseline(args.baseline), mode=args.mode)
-    picture = render.draw_box(render.overlay(m.resize(img), result.map, smooth=False),
-                              result.info["box"])
+    run: OcclusionRun = result.info
+    picture = render.draw_box(render.overlay(m.resize(img), result.map, smooth=False), run.box)
     Path(args.out).write_bytes(render.to_png(picture))
-    t = result.info["timings"]["total_s"]
-    print(f"class {result.target} ({m.classes[result.target]}): p={result.info['clean_probability']:.4f}; "
-          f"most damaging patch {result.info['box']}; {result.info['mode']} in {t:.2f} s → {args.out}")
-    summary = approximation_summary(result.info)
+    print(f"class {result.target} ({m.classes[result.target]}): p={run.clean_probability:.4f}; "
+          f"most damaging patch {run.box}; {run.mode} in {run.timings.total_s:.2f} s → {args.out}")
+    summary = approximation_summary(run)
     if summary:
         print(f"approximate: {summary}")
     return 0

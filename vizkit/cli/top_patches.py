@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     rf = result.receptive_field
     print(f"{args.model} {result.layer} channel {result.channel}: receptive field "
           f"{rf.size[0]}×{rf.size[1]}, stride {rf.stride[0]}; top {len(result.patches)} of "
-          f"{result.info['dataset_size']} images")
+          f"{result.dataset_size} images")
     for rank, (i, s, b) in enumerate(zip(result.indices, result.scores, result.boxes, strict=True), 1):
         print(f"{rank:2d}. image {int(i)}: max {float(s):.4f} at box {tuple(int(v) for v in b)}")
     if result.projections is None:
-        print(f"no projections: {result.info['projection_error']}")
+        print(f"no projections: {result.projection_error}")
     print(f"wrote {out}")
     return 0

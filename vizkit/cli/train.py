@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 
 from vizkit.data.scenes import evaluation_scenes
-from vizkit.data.training import evaluate, load_trained, train, write_model_card, write_subset
+from vizkit.data.training import (
+    TrainingSettings,
+    evaluate,
+    load_trained,
+    train,
+    write_model_card,
+    write_subset,
+)
 from vizkit.models.fashion_zf import FASHION_CLASSES
 
 
@@ -43,10 +50,12 @@ def run(args: argparse.Namespace) -> int:
         snapshots = sorted({0, 1, 2, max(1, args.epochs // 2), last})
     else:
         snapshots = [last]
-    result = train(args.epochs, args.batch, args.lr, args.seed, snapshots, args.resume, args.first_epoch)
+    settings = TrainingSettings(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+                                snapshots=tuple(snapshots), resume=args.resume, first_epoch=args.first_epoch)
+    run = train(settings)
     scenes = evaluation_scenes()
-    accuracy, per_class = evaluate(result["module"], scenes.images, scenes.labels)
-    print(f"accuracy on {len(scenes)} test scenes: {accuracy:.2%} after {result['minutes']:.1f} min")
-    write_model_card(accuracy, per_class, result, args)
+    accuracy, per_class = evaluate(run.module, scenes.images, scenes.labels)
+    print(f"accuracy on {len(scenes)} test scenes: {accuracy:.2%} after {run.minutes:.1f} min")
+    write_model_card(accuracy, per_class, run, settings)
     return 0
 

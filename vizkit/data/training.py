@@ -10,7 +10,10 @@ snapshots for the feature-evolution view, the held-out subset and MODEL_CARD.md.
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +39,55 @@ def _to_batch(images: np.ndarray) -> torch.Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def _save(module: torch.nn.Module, path: Path) -> None:
+@dataclass(frozen=True)
+class TrainingSettings:
+    """One training run; the defaults are the shipped model's recipe (assets/MODEL_CARD.md).
+
+    Attributes:
+        epochs: epochs to run.
+        batch: scenes per step.
+        lr: the one-cycle schedule's largest learning rate (AdamW).
+        seed: seeds the initialization, the order and the scenes.
+        snapshots: epochs after which the weights are also kept in ``SNAPSHOT_DIR`` (0: the
+            initialization).
+        resume: start from these weights instead of a fresh initialization.
+        first_epoch: the number of the first epoch run (for a resumed run).
+    """
+
+    epochs: int = 10
+    batch: int = 128
+    lr: float = 3e-3
+    seed: int = 0
+    snapshots: tuple[int, ...] = ()
+    resume: Path | None = None
+    first_epoch: int = 1
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What ``train`` did: one row per epoch (``epoch``, ``loss``, ``check_accuracy``,
+    ``minutes``), the minutes in all, and the trained module."""
+
+    history: list[dict]
+    minutes: float
+    module: torch.nn.Module = field(repr=False)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then renames it to ``path``: a stopped
+    run never leaves a half-written file where it would be read."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save(module: torch.nn.Module, path: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path))
+    write_atomically(path, lambda tmp: save_file(state, str(tmp)))
 
 
 @torch.inference_mode()
@@ -53,8 +101,10 @@ def evaluate(module: torch.nn.Module, images: np.ndarray, labels: np.ndarray, ba
     return float((preds == labels).mean()), per_class
 
 
-def train(epochs: int, batch: int, lr: float, seed: int, snapshots: list[int],
-          resume: Path | None = None, first_epoch: int = 1) -> dict:
+def train(settings: TrainingSettings) -> TrainingRun:
+    """Trains a fresh (or resumed) ``FashionZF``; writes its weights after every epoch."""
+    s = settings
+    epochs, batch, lr, seed, resume, first_epoch = s.epochs, s.batch, s.lr, s.seed, s.resume, s.first_epoch
     torch.manual_seed(seed)
     items, labels = load_fashion_mnist("train")
     test_items, test_labels = load_fashion_mnist("test")
@@ -71,7 +121,7 @@ def train(epochs: int, batch: int, lr: float, seed: int, snapshots: list[int],
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25
     )
-    if 0 in snapshots and resume is None:
+    if 0 in s.snapshots and resume is None:
         _save(module, SNAPSHOT_DIR / "fashion-zf-epoch0.safetensors")
     history, start = [], time.time()
     rng = np.random.default_rng(seed)
@@ -101,17 +151,22 @@ def train(epochs: int, batch: int, lr: float, seed: int, snapshots: list[int],
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "check_accuracy": acc,
                         "minutes": (time.time() - start) / 60})
         print(json.dumps(history[-1]), flush=True)
-        if epoch in snapshots:
+        if epoch in s.snapshots:
             _save(module, SNAPSHOT_DIR / f"fashion-zf-epoch{epoch}.safetensors")
         _save(module, get_spec("fashion-zf").weights_file)  # usable (preliminary) weights early
-    return {"history": history, "minutes": (time.time() - start) / 60, "module": module}
+    return TrainingRun(history=history, minutes=(time.time() - start) / 60, module=module)
 
 
 def write_subset() -> None:
     """The first SUBSET_SIZE evaluation scenes, with labels and boxes, for the app and tests."""
     items, labels = load_fashion_mnist("test")
     scenes = make_scenes(items[:SUBSET_SIZE], labels[:SUBSET_SIZE], seed=TEST_SEED)
-    np.savez_compressed(SUBSET_FILE, images=scenes.images, labels=scenes.labels, boxes=scenes.boxes)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: savez would append ".npz" to a name
+            np.savez_compressed(fh, images=scenes.images, labels=scenes.labels, boxes=scenes.boxes)
+
+    write_atomically(SUBSET_FILE, write)
 
 
 def load_trained() -> torch.nn.Module:
@@ -122,21 +177,22 @@ def load_trained() -> torch.nn.Module:
     return module.eval()
 
 
-def write_model_card(accuracy: float, per_class: list[float], result: dict | None, args) -> None:
+def write_model_card(accuracy: float, per_class: list[float], run: TrainingRun | None,
+                     settings: TrainingSettings) -> None:
+    """Writes assets/MODEL_CARD.md: the accuracy, per class, the training run and the recipe."""
     rows = "\n".join(
         f"| {name} | {acc:.1%} |" for name, acc in zip(FASHION_CLASSES, per_class, strict=True)
     )
     history = ""
-    if result is not None:
+    if run is not None:
         history = "\n".join(
             f"| {h['epoch']} | {h['loss']:.3f} | {h['check_accuracy']:.1%} | {h['minutes']:.1f} |"
-            for h in result["history"]
+            for h in run.history
         )
-        resume = getattr(args, "resume", None)
-        origin = f", resumed from `{resume}`. " if resume else ", one run from scratch. "
+        origin = f", resumed from `{settings.resume}`. " if settings.resume else ", one run from scratch. "
         history = (
             "\n## Training run\n\n"
-            f"`python -m vizkit train --epochs {args.epochs} --lr {args.lr} --seed {args.seed}`"
+            f"`python -m vizkit train --epochs {settings.epochs} --lr {settings.lr} --seed {settings.seed}`"
             + origin
             + "The accuracy column is the first 2,000 test scenes, printed after each "
             "epoch as progress only: nothing was tuned or chosen on it, and the shipped weights are "
@@ -144,7 +200,7 @@ def write_model_card(accuracy: float, per_class: list[float], result: dict | Non
             "| epoch | train loss | accuracy (2,000 test scenes) | minutes |\n"
             "|---|---|---|---|\n" + history + "\n"
         )
-    MODEL_CARD.write_text(f"""# fashion-zf — model card
+    card = f"""# fashion-zf — model card
 
 A ZFNet-style CNN (5 convolutions with batch norm and `nn.ReLU` modules, max-pooling, global
 average pooling, one linear layer: CAM is exact) trained by `python -m vizkit train` on
@@ -164,8 +220,8 @@ training). Reproduce: `python -m vizkit train --eval-only`.
 {history}
 ## Recipe
 
-{args.epochs} epochs of fresh scenes from the 60,000 training items (a new seed per epoch), batch
-{args.batch}, AdamW (weight decay 5e-4), one-cycle schedule with max LR {args.lr}, label smoothing
+{settings.epochs} epochs of fresh scenes from the 60,000 training items (a new seed per epoch), batch
+{settings.batch}, AdamW (weight decay 5e-4), one-cycle schedule with max LR {settings.lr}, label smoothing
 0.05, channels-last, fp32, 2 CPU threads.
 
 ## Files
@@ -180,4 +236,5 @@ training). Reproduce: `python -m vizkit train --eval-only`.
 
 Ten clothing classes on synthetic canvases; it knows nothing about natural photos. Shirt,
 T-shirt/top, pullover and coat are the classes it confuses most, as on Fashion-MNIST itself.
-""")
+"""
+    write_atomically(MODEL_CARD, lambda tmp: tmp.write_text(card))

@@ -122,6 +122,46 @@ def filter_grid(fw: FilterWeights, zoom: int | None = None, max_inputs: int = 32
 
 
 @dataclass(frozen=True)
+class MaximizeSettings:
+    """How ``maximize_activation`` synthesizes its images (Olah et al. 2017).
+
+    Attributes:
+        steps: Adam steps per batch.
+        size: side of the synthesized images.
+        lr: Adam learning rate.
+        fourier, decorrelate: the parameterization (pixels in the plain RGB basis when both off).
+        jitter, scale, degrees: transformation robustness (``jitter=0, scale=(1, 1),
+            degrees=0`` turns it off).
+        l2, tv: weights of the L2 and total-variation penalties.
+        redirect: first steps (at most half) with redirected rectifiers, so silent channels
+            get a gradient.
+        seed: seeds initialization and transformations.
+    """
+
+    steps: int = 256
+    size: int = 128
+    lr: float = 0.05
+    fourier: bool = True
+    decorrelate: bool = True
+    jitter: int = 4
+    scale: tuple[float, float] = (0.92, 1.08)
+    degrees: float = 10.0
+    l2: float = 0.0
+    tv: float = 0.0
+    redirect: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.size < 8:
+            raise ValueError("steps must be ≥ 1 and size ≥ 8.")
+
+    @property
+    def robust(self) -> bool:
+        """Whether each step sees a randomly transformed image."""
+        return self.jitter > 0 or tuple(self.scale) != (1.0, 1.0) or self.degrees > 0
+
+
+@dataclass(frozen=True)
 class Maximization:
     """Images that maximize channels of one layer (Olah et al. 2017).
 
@@ -134,7 +174,7 @@ class Maximization:
         steps: optimization steps done for the last batch.
         stopped: ``True`` when ``progress`` returned ``False``.
         batch_size: images optimized together in the end (halved on out-of-memory).
-        info: settings used.
+        settings: the settings used.
     """
 
     layer: str
@@ -144,7 +184,7 @@ class Maximization:
     steps: int
     stopped: bool
     batch_size: int
-    info: dict[str, Any] = field(default_factory=dict)
+    settings: MaximizeSettings = field(default_factory=MaximizeSettings)
 
 
 def _default_batch(device: torch.device, size: int) -> int:
@@ -230,21 +270,10 @@ def maximize_activation(
     m: LoadedModel,
     layer: str,
     channels: Sequence[int],
-    steps: int = 256,
-    size: int = 128,
     progress: Callable[[int, int], bool | None] | None = None,
     *,
-    lr: float = 0.05,
-    fourier: bool = True,
-    decorrelate: bool = True,
-    jitter: int = 4,
-    scale: tuple[float, float] = (0.92, 1.08),
-    degrees: float = 10.0,
-    l2: float = 0.0,
-    tv: float = 0.0,
-    redirect: int = 16,
     batch_size: int | None = None,
-    seed: int = 0,
+    **options: Any,
 ) -> Maximization:
     """For each channel, the image that maximizes its spatially averaged activation.
 
@@ -256,29 +285,22 @@ def maximize_activation(
         m: the model (its lock is held throughout; its parameters get no gradient).
         layer: dotted name of the layer whose channels to maximize.
         channels: channel indices.
-        steps: Adam steps per batch.
-        size: side of the synthesized images.
         progress: ``progress(step, total)`` after each step; returning ``False`` stops early
             and returns the images so far (channels of batches not started are left out).
             An exception it raises propagates, with the model restored.
-        lr: Adam learning rate.
-        fourier, decorrelate: the parameterization (pixels in the plain RGB basis when both off).
-        jitter, scale, degrees: transformation robustness (``jitter=0, scale=(1, 1),
-            degrees=0`` turns it off).
-        l2, tv: weights of the L2 and total-variation penalties.
-        redirect: first steps (at most half) with redirected rectifiers, so silent channels
-            get a gradient.
         batch_size: images per batch (default: from the device).
-        seed: seeds initialization and transformations.
+        **options: fields of ``MaximizeSettings`` (``steps``, ``size``, ``lr``, ``fourier``,
+            ``decorrelate``, ``jitter``, ``scale``, ``degrees``, ``l2``, ``tv``, ``redirect``,
+            ``seed``); the others keep their defaults.
     """
     find_layer(m.module, layer)
     chans = [int(c) for c in channels]
     if not chans:
         raise ValueError("Give at least one channel to maximize.")
-    if steps < 1 or size < 8:
-        raise ValueError("steps must be ≥ 1 and size ≥ 8.")
+    settings = MaximizeSettings(**options)
+    steps, size = settings.steps, settings.size
     batch = int(batch_size or _default_batch(m.device, size))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     images, scores, done_channels = [], [], []
     stopped, steps_done = False, 0
     with m.lock, preserve_state(m.module):
@@ -295,11 +317,12 @@ def maximize_activation(
             total = done_steps_before + steps * math.ceil(len(pending) / batch)
             out_of_memory = False
             rng_state = generator.get_state()  # a retried batch must draw what this one drew
+
+            def report(done: int, before: int = done_steps_before, total: int = total) -> bool:
+                return progress is None or progress(before + done, total) is not False
+
             try:
-                imgs, steps_done, stopped = _optimize(
-                    m, layer, chunk, steps, size, progress, done_steps_before, total, lr, fourier,
-                    decorrelate, jitter, scale, degrees, l2, tv, min(redirect, steps // 2), generator,
-                )
+                imgs, steps_done, stopped = _optimize(m, layer, chunk, settings, generator, report)
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 if not is_out_of_memory(error) or batch == 1:
                     raise
@@ -322,10 +345,7 @@ def maximize_activation(
     return Maximization(
         layer=layer, channels=tuple(done_channels), images=np.concatenate(images),
         scores=np.concatenate(scores).astype(np.float32), steps=steps_done, stopped=stopped,
-        batch_size=batch,
-        info={"size": size, "lr": lr, "fourier": fourier, "decorrelate": decorrelate,
-              "jitter": jitter, "scale": scale, "degrees": degrees, "l2": l2, "tv": tv,
-              "redirect": redirect, "seed": seed},
+        batch_size=batch, settings=settings,
     )
 
 
@@ -337,18 +357,20 @@ def _count_channels(m: LoadedModel, layer: str, size: int) -> int:
     return int(out[layer].shape[1])
 
 
-def _optimize(m, layer, chunk, steps, size, progress, before, total, lr, fourier, decorrelate,
-              jitter, scale, degrees, l2, tv, redirect, generator) -> tuple[torch.Tensor, int, bool]:
-    """Runs one batch; returns its [0, 1] images, the steps done, and whether it was stopped."""
-    image = _Image(len(chunk), size, fourier, decorrelate, generator).to(m.device)
-    optimizer = torch.optim.Adam(image.parameters(), lr=lr)
+def _optimize(m: LoadedModel, layer: str, chunk: list[int], settings: MaximizeSettings,
+              generator: torch.Generator, report: Callable[[int], bool]) -> tuple[torch.Tensor, int, bool]:
+    """Runs one batch, one image per channel of ``chunk``; ``report(steps done)`` returning False
+    stops it. Returns its [0, 1] images, the steps done, and whether it was stopped."""
+    s = settings
+    image = _Image(len(chunk), s.size, s.fourier, s.decorrelate, generator).to(m.device)
+    optimizer = torch.optim.Adam(image.parameters(), lr=s.lr)
     target = torch.tensor(chunk, device=m.device)
-    robust = jitter > 0 or scale != (1.0, 1.0) or degrees > 0
     params = list(image.parameters())
+    redirect = min(s.redirect, s.steps // 2)
     done, stopped = 0, False
-    for step in range(steps):
+    for step in range(s.steps):
         x = image()
-        seen = _robustness(x, jitter, scale, degrees, generator) if robust else x
+        seen = _robustness(x, s.jitter, s.scale, s.degrees, generator) if s.robust else x
         objective = None
         if step < redirect:
             # Olah et al. 2017's redirected ReLU, here the deconvnet rule max(g, 0): rectifiers
@@ -361,10 +383,10 @@ def _optimize(m, layer, chunk, steps, size, progress, before, total, lr, fourier
                 redirect = 0
         if objective is None:
             objective = _channel_means(m, layer, seen, target)
-        if l2:
-            objective = objective - l2 * (x - 0.5).pow(2).mean((1, 2, 3))
-        if tv:
-            objective = objective - tv * _total_variation(x)
+        if s.l2:
+            objective = objective - s.l2 * (x - 0.5).pow(2).mean((1, 2, 3))
+        if s.tv:
+            objective = objective - s.tv * _total_variation(x)
         # Ascent: the gradient of the objective itself, so a redirected rectifier's max(g, 0)
         # keeps exactly the directions that raise it.
         grads = torch.autograd.grad(objective.sum(), params)
@@ -372,7 +394,7 @@ def _optimize(m, layer, chunk, steps, size, progress, before, total, lr, fourier
             p.grad = -g
         optimizer.step()
         done = step + 1
-        if progress is not None and progress(before + done, total) is False:
+        if not report(done):
             stopped = True
             break
     with torch.no_grad():

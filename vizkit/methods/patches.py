@@ -8,9 +8,8 @@ the channel peaked, and only the k winners get a deconvnet pass, cropped to the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,13 +35,15 @@ class TopPatches:
             smaller than the field where it is clipped at the border.
         projections: k uint8 RGB crops of the deconvnet projection of the winning unit, same
             boxes (zero is mid-grey); ``None`` when the model cannot run deconvnet (it
-            rectifies with ``F.relu`` calls), with the reason in ``info["projection_error"]``.
+            rectifies with ``F.relu`` calls), with the reason in ``projection_error``.
         scores: k channel maxima, strongest first.
         indices: k dataset indices of the winners.
         units: k×2 (y, x) positions of the maxima in the layer's output map.
         boxes: k×4 ``(x0, y0, x1, y1)`` crops in model-input pixels (x1, y1 exclusive).
         receptive_field: the layer's receptive field.
-        info: dataset size, the layer's output shape.
+        dataset_size: images ranked.
+        layer_shape: the layer's output shape for one image (C×h×w).
+        projection_error: why there are no projections, if there are none.
     """
 
     layer: str
@@ -54,7 +55,9 @@ class TopPatches:
     units: np.ndarray
     boxes: np.ndarray
     receptive_field: ReceptiveField
-    info: dict[str, Any] = field(default_factory=dict)
+    dataset_size: int
+    layer_shape: tuple[int, ...]
+    projection_error: str | None = None
 
 
 def _images_of(dataset: Dataset) -> Sequence[np.ndarray] | np.ndarray:
@@ -147,8 +150,7 @@ def top_patches(
         scores=peak[order].astype(np.float32), indices=order.astype(np.int64),
         units=np.asarray(units, dtype=np.int64).reshape(-1, 2),
         boxes=np.asarray(boxes, dtype=np.int64).reshape(-1, 4), receptive_field=rf,
-        info={"dataset_size": len(images), "layer_shape": tuple(feats.shapes[layer]),
-              **({"projection_error": error} if error else {})},
+        dataset_size=len(images), layer_shape=tuple(feats.shapes[layer]), projection_error=error or None,
     )
 
 

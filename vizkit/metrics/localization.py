@@ -20,6 +20,7 @@ import numpy as np
 
 from vizkit.core.results import Explanation
 from vizkit.data.scenes import Scenes
+from vizkit.methods.occlusion.sensitivity import OcclusionRun
 from vizkit.methods.prediction import predict
 from vizkit.methods.registry import list_methods
 from vizkit.models.base import LoadedModel
@@ -76,16 +77,16 @@ def explanation_peak(result: Explanation) -> tuple[float, float]:
     For occlusion, the centre of the most damaging square, clipped to the image (a plateau of
     equal drops: the mean of their centres); for every other method, the maximum of the map.
     """
-    info = result.info or {}
-    if result.method == "occlusion" and "positions" in info and result.raw is not None:
+    run = result.info
+    if isinstance(run, OcclusionRun) and result.raw is not None:
         drop = np.asarray(result.raw, dtype=np.float64)  # NaN where a run stopped early
         if not np.all(np.isnan(drop)):
             iy, ix = _plateau(drop)
             height, width = result.map.shape
-            ys, xs = (np.asarray(v, dtype=np.float64) for v in info["positions"])
+            ys, xs = (np.asarray(v, dtype=np.float64) for v in run.positions)
             y0, x0 = ys[iy], xs[ix]
-            cy = (y0 + np.minimum(y0 + info["patch"], height)) / 2
-            cx = (x0 + np.minimum(x0 + info["patch"], width)) / 2
+            cy = (y0 + np.minimum(y0 + run.patch, height)) / 2
+            cx = (x0 + np.minimum(x0 + run.patch, width)) / 2
             return float(cx.mean()), float(cy.mean())
     return peak_point(result.map)
 

@@ -14,7 +14,9 @@ Three modes compute the same thing:
   (:mod:`vizkit.methods.occlusion.int8`, CPU), and a self-checking adaptive drill-down (every other position
   plus a sample of the rest first; if interpolating the coarse grid predicts the sample, only the
   most sensitive positions are evaluated and the rest interpolated, otherwise all are);
-  ``info["approximate"]`` is True.
+  ``info.approximate`` is True.
+
+The result's ``info`` is an ``OcclusionRun``: how the map was made, in typed fields.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from scipy.interpolate import griddata
 from scipy.spatial import QhullError
 
 from vizkit.core.devices import is_out_of_memory
-from vizkit.core.results import Explanation
+from vizkit.core.results import Explanation, InfoRecord
 from vizkit.core.targets import Target, check_target_early, resolve_target, target_score
 from vizkit.methods.occlusion.incremental import IncrementalOcclusion, NotTraceable
 from vizkit.models.base import LoadedModel
@@ -62,6 +64,110 @@ QUANTIZED = True
 DRILL_DOWN_MIN = 12
 # Positions run through the unmodified model to estimate full inference's time (the speed-up shown).
 FULL_PROBE = 8
+
+
+@dataclass(frozen=True, eq=False)
+class OcclusionTimings(InfoRecord):
+    """Seconds spent by one occlusion run.
+
+    Attributes:
+        clean_s: the clean forward pass (and the engine's set-up).
+        positions_s: evaluating the patch positions.
+        total_s: the whole call (wall time).
+        cpu_s: the whole call (process CPU time).
+        full_estimate_s: what plain full inference would take on every position, timed on a
+            few (only with ``time_full``).
+    """
+
+    OPTIONAL = frozenset({"full_estimate_s"})
+
+    clean_s: float
+    positions_s: float
+    total_s: float
+    cpu_s: float
+    full_estimate_s: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class OcclusionRun(InfoRecord):
+    """How an occlusion map was made: the ``info`` of its ``Explanation``.
+
+    Attributes:
+        probability_grid: occluded score per patch position (NaN where not evaluated).
+        clean_probability: the score without occlusion.
+        score: ``"probability"`` (softmax of the class) or ``"callable"`` (a callable target's value).
+        box: ``(x0, y0, x1, y1)`` of the most damaging patch.
+        positions: top-left offsets of the patch positions along y and along x.
+        patch, stride, baseline: the settings used.
+        mode: the mode that ran (``"full"`` where an untraceable model fell back to it).
+        approximate: whether the map is approximate (mode ``"approximate"``).
+        drill_down: whether the adaptive drill-down ran (approximate mode on a grid of at least
+            ``DRILL_DOWN_MIN`` positions per side).
+        interpolated: positions interpolated rather than evaluated.
+        interpolation_error: the drill-down's checked interpolation error, a share of the
+            scores' range (``None`` without drill-down).
+        arithmetic: ``"8-bit"`` where convolutions and linear layers ran on each patch's change
+            with 8-bit operands, else ``"float32"``.
+        arithmetic_reason: why that arithmetic, in words.
+        evaluated: positions evaluated.
+        total_positions: positions on the grid.
+        complete: False when ``progress`` stopped the run.
+        batch_size: positions per batch in the end (halved on out-of-memory).
+        out_of_memory_retries: how often the batch was halved.
+        timings: seconds spent (``OcclusionTimings``).
+        speedup_over_full: estimated full-inference time over the time spent on positions
+            (only with ``time_full``, for a complete incremental run).
+        fallback: why full inference ran instead of the mode asked for, if it did.
+        nodes: graph nodes computed incrementally and in full, summed over batches (not for
+            mode ``"full"``).
+        channel: with a layer, the feature map whose drop is mapped.
+        feature_clean: its total activation without occlusion.
+        feature_grid: its total activation per patch position.
+        feature_map: the drop of its total activation, per pixel like ``map``.
+    """
+
+    OPTIONAL = frozenset({"speedup_over_full", "fallback", "nodes", "channel", "feature_clean",
+                          "feature_grid", "feature_map"})
+    DERIVED = ("quantized", "stopped")
+
+    probability_grid: np.ndarray
+    clean_probability: float
+    score: str
+    box: tuple[int, int, int, int]
+    positions: tuple[tuple[int, ...], tuple[int, ...]]
+    patch: int
+    stride: int
+    baseline: Baseline
+    mode: str
+    approximate: bool
+    drill_down: bool
+    interpolated: int
+    interpolation_error: float | None
+    arithmetic: str
+    arithmetic_reason: str
+    evaluated: int
+    total_positions: int
+    complete: bool
+    batch_size: int
+    out_of_memory_retries: int
+    timings: OcclusionTimings
+    speedup_over_full: float | None = None
+    fallback: str | None = None
+    nodes: dict[str, int] | None = None
+    channel: int | None = None
+    feature_clean: float | None = None
+    feature_grid: np.ndarray | None = None
+    feature_map: np.ndarray | None = None
+
+    @property
+    def quantized(self) -> bool:
+        """Whether 8-bit arithmetic ran (``arithmetic == "8-bit"``)."""
+        return self.arithmetic == "8-bit"
+
+    @property
+    def stopped(self) -> bool:
+        """Whether ``progress`` stopped the run before every position was done."""
+        return not self.complete
 
 
 @dataclass(frozen=True)
@@ -181,10 +287,14 @@ def _layer_node(graph: fx.Graph, module: torch.nn.Module, layer: str) -> fx.Node
 class _Evaluator:
     """Scores patch positions in batches, halving the batch on out-of-memory."""
 
-    def __init__(self, m, x, base, grid, target, mode, watch, channel, batch_size):
+    def __init__(self, m: LoadedModel, x: torch.Tensor, base: torch.Tensor, grid: _Grid, *, mode: str,
+                 watch: str | None, batch_size: int):
         self.m, self.x, self.base, self.grid = m, x, base, grid
-        self.target, self.mode, self.channel = target, mode, channel
-        self.batch_size = batch_size
+        self.mode, self.batch_size = mode, batch_size
+        # Set once the clean pass has resolved them: the class (or callable) scored, and the
+        # channel of ``watch`` whose total activation is mapped.
+        self.target: int | Callable | None = None
+        self.channel: int | None = None
         self.inc: IncrementalOcclusion | None = None
         self.watch_node = None
         self.stats = {"incremental": 0, "full": 0}
@@ -282,6 +392,7 @@ def occlusion(
     m: LoadedModel,
     img: np.ndarray,
     target: Target = None,
+    *,
     patch: int = 16,
     stride: int = 8,
     baseline: Baseline = "mean",
@@ -310,18 +421,16 @@ def occlusion(
         channel: that feature map; ``None`` takes the one with the highest clean activation.
         mode: ``"exact"`` (incremental inference), ``"full"`` or ``"approximate"``.
         progress: called as ``progress(done, total)`` after each batch; returning False stops,
-            and the partial result says so (``info["complete"]`` False).
+            and the partial result says so (``info.complete`` False).
         batch_size: positions per batch; ``None`` sizes it to the device. Halved on
             out-of-memory.
         time_full: afterwards, also time plain full inference on ``FULL_PROBE`` positions and
-            report ``info["speedup_over_full"]`` (estimated full time / time spent on positions).
+            report ``info.speedup_over_full`` (estimated full time / time spent on positions).
 
     Returns:
-        Explanation with ``map`` S×S float32 and ``raw`` the per-position drop grid; ``info``
-        holds ``probability_grid`` (occluded probability per position, NaN where not
-        evaluated), ``clean_probability``, ``box`` (x0, y0, x1, y1) of the most damaging patch,
-        ``timings``, ``approximate``, and with ``layer``: ``channel``, ``feature_map``,
-        ``feature_grid``.
+        Explanation with ``map`` S×S float32, ``raw`` the per-position drop grid, and ``info``
+        an ``OcclusionRun`` (probability grid, clean probability, most damaging box, timings,
+        how an approximate map was made; with ``layer`` the feature map's drop).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
@@ -334,7 +443,7 @@ def occlusion(
         x = m.preprocess(img)
         base = baseline_value(m, baseline)
         size = batch_size or _default_batch_size(m, mode)
-        evaluator = _Evaluator(m, x, base, grid, None, mode, layer, None, size)
+        evaluator = _Evaluator(m, x, base, grid, mode=mode, watch=layer, batch_size=size)
         clean_logits, clean_feature = evaluator.clean()
         resolved = resolve_target(m, clean_logits, target)
         evaluator.target = resolved
@@ -383,7 +492,6 @@ def occlusion(
             full_estimate_s = _full_time_estimate(evaluator, grid, all_cells)
 
     evaluated = ~np.isnan(scores)
-    approximate = evaluator.mode == "approximate"
     interpolated = drill_down and complete and not evaluated.all()
     if interpolated:
         estimated = _interpolate(scores, evaluated)
@@ -392,47 +500,60 @@ def occlusion(
     drop = clean_score - estimated
     occlusion_map = _average_over_patches(grid, drop)
     best = np.nanargmax(drop) if np.any(~np.isnan(drop)) else 0
-    box = grid.box(*np.unravel_index(best, grid.shape))
-    info = {
-        "probability_grid": estimated.astype(np.float32),
-        "clean_probability": clean_score,
-        "score": "callable" if callable(resolved) else "probability",
-        "box": box,
-        "positions": (grid.ys.tolist(), grid.xs.tolist()),
-        "patch": patch, "stride": stride, "baseline": baseline,
-        "mode": evaluator.mode,
-        "approximate": approximate,
-        "drill_down": drill_down,
-        "interpolated": int((~evaluated).sum()) if interpolated else 0,
-        "interpolation_error": plan.interpolation_error if plan is not None else None,
-        "quantized": evaluator.inc is not None and evaluator.inc.int8 is not None,
-        "evaluated": int(evaluated.sum()),
-        "total_positions": int(scores.size),
-        "complete": complete,
-        "stopped": not complete,
-        "batch_size": evaluator.batch_size,
-        "out_of_memory_retries": evaluator.out_of_memory,
-        "timings": {"clean_s": clean_s, "positions_s": positions_s,
-                    "total_s": time.perf_counter() - started,
-                    "cpu_s": time.process_time() - started_cpu},
-    }
-    if full_estimate_s is not None:
-        info["timings"]["full_estimate_s"] = full_estimate_s
-        info["speedup_over_full"] = full_estimate_s / max(positions_s, 1e-9)
-    if evaluator.fallback:
-        info["fallback"] = f"full inference: {evaluator.fallback}"
-    if mode != "full":
-        info["nodes"] = dict(evaluator.stats)
+    feature: dict = {}
     if layer is not None:
         feature_est = _interpolate(features, evaluated) if interpolated else features
-        feature_drop = clean_total - feature_est
-        info.update(channel=int(channel), feature_clean=clean_total,
-                    feature_grid=feature_est.astype(np.float32),
-                    feature_map=_average_over_patches(grid, feature_drop))
+        feature = dict(channel=int(channel), feature_clean=clean_total,
+                       feature_grid=feature_est.astype(np.float32),
+                       feature_map=_average_over_patches(grid, clean_total - feature_est))
+    arithmetic, arithmetic_reason = _arithmetic(evaluator)
+    timings = OcclusionTimings(clean_s=clean_s, positions_s=positions_s,
+                               total_s=time.perf_counter() - started,
+                               cpu_s=time.process_time() - started_cpu, full_estimate_s=full_estimate_s)
+    run = OcclusionRun(
+        probability_grid=estimated.astype(np.float32),
+        clean_probability=clean_score,
+        score="callable" if callable(resolved) else "probability",
+        box=grid.box(*np.unravel_index(best, grid.shape)),
+        positions=(tuple(grid.ys.tolist()), tuple(grid.xs.tolist())),
+        patch=patch, stride=stride, baseline=baseline,
+        mode=evaluator.mode,
+        approximate=evaluator.mode == "approximate",
+        drill_down=drill_down,
+        interpolated=int((~evaluated).sum()) if interpolated else 0,
+        interpolation_error=plan.interpolation_error if plan is not None else None,
+        arithmetic=arithmetic, arithmetic_reason=arithmetic_reason,
+        evaluated=int(evaluated.sum()),
+        total_positions=int(scores.size),
+        complete=complete,
+        batch_size=evaluator.batch_size,
+        out_of_memory_retries=evaluator.out_of_memory,
+        timings=timings,
+        speedup_over_full=None if full_estimate_s is None else full_estimate_s / max(positions_s, 1e-9),
+        fallback=f"full inference: {evaluator.fallback}" if evaluator.fallback else None,
+        nodes=dict(evaluator.stats) if mode != "full" else None,
+        **feature,
+    )
     return Explanation(
         method="occlusion", target=None if callable(resolved) else int(resolved), layer=layer,
-        map=occlusion_map, raw=torch.from_numpy(drop.astype(np.float32)), info=info,
+        map=occlusion_map, raw=torch.from_numpy(drop.astype(np.float32)), info=run,
     )
+
+
+def _arithmetic(evaluator: _Evaluator) -> tuple[str, str]:
+    """The arithmetic the positions ran in (``"8-bit"`` or ``"float32"``) and why."""
+    if evaluator.inc is not None and evaluator.inc.int8 is not None:
+        return "8-bit", ("approximate mode: convolutions and linear layers ran on each patch's "
+                         "change with oneDNN's 8-bit kernels")
+    if evaluator.fallback:
+        return "float32", f"full inference ran instead ({evaluator.fallback})"
+    if evaluator.mode != "approximate":
+        return "float32", f"{evaluator.mode} mode computes in float32"
+    if not QUANTIZED:
+        return "float32", "8-bit changes are switched off (QUANTIZED = False)"
+    if evaluator.m.device.type != "cpu":
+        return "float32", f"8-bit kernels run on the CPU only; the model is on {evaluator.m.device.type}"
+    return "float32", "this PyTorch build has no oneDNN 8-bit kernels"
 
 
 def _full_time_estimate(evaluator: _Evaluator, grid: _Grid, cells: list[tuple[int, int]]) -> float:
@@ -531,19 +652,16 @@ def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     return out
 
 
-def approximation_summary(info: dict) -> str | None:
+def approximation_summary(run: OcclusionRun) -> str | None:
     """How an approximate map was made, in words (``None`` for an exact or full one)."""
-    if not info.get("approximate"):
+    if not run.approximate:
         return None
     how = []
-    if info.get("quantized"):
+    if run.quantized:
         how.append("8-bit arithmetic on the changes")
-    if info.get("interpolated"):
-        how.append(f"{info['interpolated']} positions interpolated (checked error "
-                   f"{100 * info['interpolation_error']:.1f}% of the range)")
-    elif info.get("drill_down") and info.get("complete", True):
+    if run.interpolated:
+        how.append(f"{run.interpolated} positions interpolated (checked error "
+                   f"{100 * run.interpolation_error:.1f}% of the range)")
+    elif run.drill_down and run.complete:
         how.append("every position evaluated (the map was too irregular to interpolate)")
     return ", ".join(how) or "approximate"
-
-
-# ---------------------------------------------------------------------- command line
