@@ -38,9 +38,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vizkit import style as vs  # noqa: E402
 from vizkit.core.images import load_image  # noqa: E402
 from vizkit.data.textures import landscape  # noqa: E402
+from vizkit.methods.style import transfer as vs  # noqa: E402
+from vizkit.methods.style.extractors import get_extractor  # noqa: E402
+from vizkit.methods.style.losses import Objective  # noqa: E402
 
 CHUNK = 20  # torch.optim.LBFGS's default max_iter: the tutorial's evaluations per step() call
 
@@ -168,7 +170,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    ext = vs.get_extractor("vgg19", device, weights="default" if args.weights == "default" else None)
+    ext = get_extractor("vgg19", device, weights="default" if args.weights == "default" else None)
     cnn = copy.deepcopy(ext.module.features).to(memory_format=torch.contiguous_format).eval()
     content = vs._resize(landscape(args.size), args.size)
     style = vs._resize(load_image(vs.style_images()[args.style]), content.shape[:2])
@@ -186,13 +188,13 @@ def main() -> None:
     # Evaluations counted independently of both optimizers: the reference's model forward passes
     # with grad enabled, and every call of vizkit's objective (its final scoring pass included).
     counts = {"reference": 0, "vizkit": 0, "vizkit_forward_only": 0}
-    evaluate = vs._Objective.evaluate
+    evaluate = Objective.evaluate
 
     def counted(self, image, backward):
         counts["vizkit" if backward else "vizkit_forward_only"] += 1
         return evaluate(self, image, backward)
 
-    vs._Objective.evaluate = counted
+    Objective.evaluate = counted
     times = {"reference": 0.0, "vizkit": 0.0}
     t = time.perf_counter()
     model, style_losses, content_losses = reference_model(cnn, ext.mean, ext.std, style_t, content_t)
@@ -224,7 +226,7 @@ def main() -> None:
                 viz_result = item
     assert viz_result is not None and viz_result.done and viz_result.step == args.steps
 
-    vs._Objective.evaluate = evaluate
+    Objective.evaluate = evaluate
     viz_img = vs._to_tensor(viz_result.image, device)
     ref_loss = score(model, style_losses, content_losses, ref_img.detach())
     viz_loss = score(model, style_losses, content_losses, viz_img)

@@ -10,15 +10,14 @@ import streamlit as st
 import vizkit as vk
 from pages import _ui as ui
 from vizkit import render
-from vizkit.methods.style.transfer import (
-    COARSE_MIN_SIZE,
-    EXTRACTOR_TITLES,
+from vizkit.methods.style.extractors import (
+    EXTRACTORS,
+    available_extractors,
     get_extractor,
     layer_label,
-    style_images,
-    style_transfer,
     vgg19_available,
 )
+from vizkit.methods.style.transfer import COARSE_MIN_SIZE, style_images, style_transfer
 
 PAGE = "style"
 KEY_RUN = "style_run"  # the run's state: params, history of losses, last preview, finished flag
@@ -51,11 +50,9 @@ def _uploaded(label: str, key: str) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------- extractor
-have_vgg = vgg19_available()
-names = ["vgg19", "random-multiscale"] if have_vgg else ["random-multiscale"]
-extractor_name = st.selectbox("Feature extractor", names, key="style_extractor",
-                              format_func=EXTRACTOR_TITLES.get)
-if not have_vgg:
+extractor_name = st.selectbox("Feature extractor", available_extractors(), key="style_extractor",
+                              format_func=lambda name: EXTRACTORS[name].title)
+if not vgg19_available():
     st.info(
         "VGG19's ImageNet weights are not on this machine, so the features come from **untrained "
         "random filters** at several scales (Ustyuzhaninov et al. 2017): they capture textures and "

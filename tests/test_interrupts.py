@@ -17,6 +17,7 @@ from test_concurrency import assert_no_hooks, assert_same_state, module_state
 
 from support import fingerprint, method_cases, random_image
 from vizkit.data.textures import landscape
+from vizkit.methods.style import extractors
 from vizkit.methods.style import transfer as vs
 from vizkit.models.registry import load_model
 
@@ -98,7 +99,7 @@ def test_interrupted_job_releases_lock_and_hooks_and_next_run_is_normal(fashion_
 
 @pytest.fixture(scope="module")
 def multiscale():
-    return vs.get_extractor("random-multiscale", "cpu")
+    return extractors.get_extractor("random-multiscale", "cpu")
 
 
 def _style_run(extractor):
@@ -110,7 +111,7 @@ def _extractor_clean(extractor) -> None:
     assert_no_hooks(extractor.module)
     assert not extractor.module.training
     assert not any(p.requires_grad or p.grad is not None for p in extractor.module.parameters())
-    assert lock_is_free(vs._EXTRACTOR_LOCK)
+    assert lock_is_free(extractors._EXTRACTOR_LOCK)
 
 
 @pytest.mark.parametrize("how", ["close", "throw-stop", "stop-callback-raises"])

@@ -12,18 +12,20 @@ from PIL import Image
 
 from support import random_image
 from vizkit.data.textures import landscape
+from vizkit.methods.style import extractors
+from vizkit.methods.style import losses as style_losses
 from vizkit.methods.style import transfer as vs
 
 
 @pytest.fixture(scope="module")
 def multiscale():
-    return vs.get_extractor("random-multiscale", "cpu")
+    return extractors.get_extractor("random-multiscale", "cpu")
 
 
 @pytest.fixture(scope="module")
 def vgg_random():
     torch.manual_seed(0)
-    return vs.get_extractor("vgg19", "cpu", weights=None)
+    return extractors.get_extractor("vgg19", "cpu", weights=None)
 
 
 def naive_gram(f: torch.Tensor) -> torch.Tensor:
@@ -51,30 +53,30 @@ def test_gram_matrix_matches_loops():
     torch.manual_seed(1)
     f = torch.randn(1, 3, 4, 5, dtype=torch.float64)
     expected = naive_gram(f)
-    torch.testing.assert_close(vs.gram_matrix(f), expected)
+    torch.testing.assert_close(style_losses.gram_matrix(f), expected)
     # The channels_last row view vizkit optimizes with gives the same matrix.
     last = f.contiguous(memory_format=torch.channels_last)
-    rows = vs._as_rows(last)
+    rows = style_losses.as_rows(last)
     assert rows.data_ptr() == last.data_ptr()  # a view, no copy
-    torch.testing.assert_close(vs._gram_rows(rows), expected)
+    torch.testing.assert_close(style_losses.gram_of_rows(rows), expected)
 
 
 def test_losses_match_naive_references():
     torch.manual_seed(2)
     f, p = torch.randn(2, 1, 3, 4, 5, dtype=torch.float64)
     target = naive_gram(torch.randn(1, 3, 4, 5, dtype=torch.float64))
-    torch.testing.assert_close(vs.content_loss(f, p), naive_content(f, p))
-    torch.testing.assert_close(vs.style_loss(f, target), naive_style(f, target))
+    torch.testing.assert_close(style_losses.content_loss(f, p), naive_content(f, p))
+    torch.testing.assert_close(style_losses.style_loss(f, target), naive_style(f, target))
     img = torch.rand(1, 3, 4, 5, dtype=torch.float64)
     down = sum((img[0, c, i + 1, j] - img[0, c, i, j]) ** 2
                for c in range(3) for i in range(3) for j in range(5)) / 45
     right = sum((img[0, c, i, j + 1] - img[0, c, i, j]) ** 2
                 for c in range(3) for i in range(4) for j in range(4)) / 48
     tv = down + right
-    torch.testing.assert_close(vs.tv_loss(img), tv)
+    torch.testing.assert_close(style_losses.tv_loss(img), tv)
     # A hand-computed case: F = [[1, 2]] (C=1, M=2) → G = 5/2; target 0.5 → (2.5 − 0.5)² = 4.
     hand = torch.tensor([[[[1.0, 2.0]]]])
-    assert float(vs.style_loss(hand, torch.tensor([[0.5]]))) == pytest.approx(4.0)
+    assert float(style_losses.style_loss(hand, torch.tensor([[0.5]]))) == pytest.approx(4.0)
 
 
 def test_closed_form_gradients_match_autograd():
@@ -82,18 +84,18 @@ def test_closed_form_gradients_match_autograd():
     f = torch.randn(1, 4, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     p = torch.randn(1, 4, 3, 5, dtype=torch.float64)
     target = naive_gram(torch.randn(1, 4, 3, 5, dtype=torch.float64))
-    value, grad = vs._style_term(f, target)
+    value, grad = style_losses.style_term(f, target)
     x = f.detach().clone().requires_grad_(True)
     expected = torch.autograd.grad(naive_style(x, target), x)[0]
     assert value == pytest.approx(float(naive_style(f, target)))
     torch.testing.assert_close(grad, expected)
-    value, grad = vs._content_term(f, p)
+    value, grad = style_losses.content_term(f, p)
     expected = torch.autograd.grad(naive_content(x, p), x)[0]
     assert value == pytest.approx(float(naive_content(f, p)))
     torch.testing.assert_close(grad, expected)
 
 
-def plain_features(ext: vs.FeatureExtractor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def plain_features(ext: extractors.FeatureExtractor, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every leaf's output from plain ``module(x)`` calls."""
     out = {}
     if ext.name == "vgg19":
@@ -115,7 +117,7 @@ def test_image_conv_gradient_matches_autograd():
         x = torch.rand(1, 3, 9, 7, requires_grad=True)
         y = x.detach().clone().requires_grad_(True)
         g = torch.randn(1, conv.out_channels, 9, 7)
-        out = vs.image_conv(conv, x)
+        out = extractors.image_conv(conv, x)
         assert "_ImageConv" in type(out.grad_fn).__name__
         torch.testing.assert_close(out, conv(y))
         out.backward(g)
@@ -128,7 +130,8 @@ def test_objective_gradient_matches_plain_autograd(name, multiscale, vgg_random)
     ext = multiscale if name == "random-multiscale" else vgg_random
     content = vs._to_tensor(random_image(32, 32, 0), ext.device)
     style = vs._to_tensor(random_image(32, 32, 1), ext.device)
-    objective = vs._Objective(ext, content, style, ext.content_layers, ext.style_layers, 2.0, 1e5, 0.5)
+    objective = style_losses.Objective(ext, content, style, style_losses.LossSettings(
+        ext.content_layers, ext.style_layers, 2.0, 1e5, 0.5))
     x = torch.rand(1, 3, 32, 32, requires_grad=True)
     losses = objective.evaluate(x, backward=True)
 
@@ -140,22 +143,22 @@ def test_objective_gradient_matches_plain_autograd(name, multiscale, vgg_random)
     c_feats = plain_features(ext, norm(content))
     s_feats = plain_features(ext, norm(style))
     c_term = sum(naive_content(feats[k], c_feats[k]) for k in ext.content_layers)
-    s_term = sum(naive_style(feats[k], vs.gram_matrix(s_feats[k])) for k in ext.style_layers)
-    total = 2.0 * c_term + 1e5 * s_term + 0.5 * vs.tv_loss(y)
+    s_term = sum(naive_style(feats[k], style_losses.gram_matrix(s_feats[k])) for k in ext.style_layers)
+    total = 2.0 * c_term + 1e5 * s_term + 0.5 * style_losses.tv_loss(y)
     total.backward()
     assert losses["total"] == pytest.approx(float(total.detach()), rel=1e-4)
     assert losses["content"] == pytest.approx(2.0 * float(c_term), rel=1e-4)
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-3, atol=1e-3 * float(y.grad.abs().max()))
 
 
-def _style_of(ext: vs.FeatureExtractor, img: np.ndarray, style: np.ndarray) -> float:
+def _style_of(ext: extractors.FeatureExtractor, img: np.ndarray, style: np.ndarray) -> float:
     """Unweighted style loss of ``img`` w.r.t. ``style``, from the naive formula."""
     mean = torch.tensor(ext.mean).view(1, 3, 1, 1)
     std = torch.tensor(ext.std).view(1, 3, 1, 1)
     with torch.no_grad():
         f = ext.module.walk((vs._to_tensor(img, ext.device) - mean) / std, ext.style_layers)
         s = ext.module.walk((vs._to_tensor(style, ext.device) - mean) / std, ext.style_layers)
-        return float(sum(naive_style(f[k], vs.gram_matrix(s[k])) for k in ext.style_layers))
+        return float(sum(naive_style(f[k], style_losses.gram_matrix(s[k])) for k in ext.style_layers))
 
 
 @pytest.mark.parametrize("name", ["random-multiscale", pytest.param("vgg19", marks=pytest.mark.slow)])
@@ -229,13 +232,13 @@ def test_stages_split_half_the_steps_to_half_the_size_from_256_px():
 def test_coarse_to_fine_runs_the_first_half_at_half_size(multiscale, monkeypatch):
     monkeypatch.setattr(vs, "COARSE_MIN_SIZE", 16)
     shapes = []
-    evaluate = vs._Objective.evaluate
+    evaluate = style_losses.Objective.evaluate
 
     def recorded(self, image, backward):
         shapes.append((tuple(image.shape[-2:]), backward))
         return evaluate(self, image, backward)
 
-    monkeypatch.setattr(vs._Objective, "evaluate", recorded)
+    monkeypatch.setattr(style_losses.Objective, "evaluate", recorded)
     content, style = landscape(64), random_image(64, 64, seed=6)
     steps = list(vs.style_transfer(content, style, extractor=multiscale, steps=20, size=64,
                                    preview_every=1))
@@ -246,10 +249,11 @@ def test_coarse_to_fine_runs_the_first_half_at_half_size(multiscale, monkeypatch
     assert all(s.image.shape == (64, 64, 3) for s in steps)  # coarse previews are upsampled
     result = steps[-1]
     # The reported losses are the full-size objective's, scored here by a fresh one.
-    monkeypatch.setattr(vs._Objective, "evaluate", evaluate)
+    monkeypatch.setattr(style_losses.Objective, "evaluate", evaluate)
     ext = multiscale
-    full = vs._Objective(ext, vs._to_tensor(content, ext.device), vs._to_tensor(style, ext.device),
-                         ext.content_layers, ext.style_layers, ext.content_weight, ext.style_weight, 0.0)
+    full = style_losses.Objective(ext, vs._to_tensor(content, ext.device), vs._to_tensor(style, ext.device),
+                                  style_losses.LossSettings(ext.content_layers, ext.style_layers,
+                                                            ext.content_weight, ext.style_weight, 0.0))
     scored = full.evaluate(vs._to_tensor(result.image, ext.device), backward=False)
     assert scored["total"] == pytest.approx(result.losses["total"], rel=0.05)
     start = full.evaluate(vs._to_tensor(content, ext.device), backward=False)
@@ -328,7 +332,7 @@ def test_bad_arguments_are_explained(multiscale):
     with pytest.raises(ValueError, match="optimizer"):
         next(vs.style_transfer(img, img, extractor=multiscale, optimizer="sgd"))
     with pytest.raises(ValueError, match="Available"):
-        vs.get_extractor("vgg99")
+        extractors.get_extractor("vgg99")
     with pytest.raises(ValueError, match="RGB uint8"):
         next(vs.style_transfer(img[..., 0], img, extractor=multiscale, size=32))
     # A very elongated content image: a clear message instead of a padding error deep inside.
@@ -345,15 +349,15 @@ def test_missing_vgg19_weights_point_to_the_untrained_extractor(monkeypatch, tmp
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    assert not vs.vgg19_available() and vs.default_extractor() == "random-multiscale"
+    assert not extractors.vgg19_available() and extractors.default_extractor() == "random-multiscale"
     with pytest.raises(WeightsError, match="random-multiscale"):
-        vs.get_extractor("vgg19", "cpu")
+        extractors.get_extractor("vgg19", "cpu")
 
 
 def test_titles_say_what_the_extractor_is(multiscale, vgg_random):
     assert "untrained" in multiscale.title and "not VGG" in multiscale.title
     assert "random weights" in vgg_random.title and not vgg_random.trained
-    assert vs.layer_label(vgg_random, "features.21") == "conv4_2 (features.21)"
+    assert extractors.layer_label(vgg_random, "features.21") == "conv4_2 (features.21)"
     assert set(vs.style_images()) >= {"marble", "mosaic", "strokes", "waves"}
 
 

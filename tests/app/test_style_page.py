@@ -12,7 +12,7 @@ def test_style_page_runs_a_few_steps_and_keeps_the_result(bundled_ready):
     at = open_page("style_transfer")
     assert_clean(at)
     # Without VGG19 weights the page must say plainly that the filters are random, not VGG.
-    from vizkit.methods.style.transfer import vgg19_available
+    from vizkit.methods.style.extractors import vgg19_available
 
     if not vgg19_available():
         assert any("untrained random filters" in i.value for i in at.info)

@@ -1,17 +1,12 @@
-"""``python -m vizkit style``: the command line of ``vizkit.methods.style.transfer``."""
+"""``python -m vizkit style``: the command line of ``vizkit.methods.style``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from vizkit.methods.style.transfer import (
-    EXTRACTORS,
-    default_extractor,
-    get_extractor,
-    style_images,
-    style_transfer,
-)
+from vizkit.methods.style.extractors import EXTRACTORS, default_extractor, get_extractor
+from vizkit.methods.style.transfer import style_images, style_transfer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("style", help=f"style image file, or a bundled style: {', '.join(style_images())}")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--extractor", choices=("auto", *EXTRACTORS), default="auto",
-                        help="auto: vgg19 when its weights are present, else random-multiscale")
+                        help="auto: the first available (vgg19 when its weights are present, else "
+                             "random-multiscale)")
     parser.add_argument("--size", type=int, default=256, help="longer side of the output")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default=None,
