@@ -6,15 +6,11 @@ drawn here, before the chosen page runs, so every page sees the same model and i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from pages import _ui as ui
 
-PAGES_DIR = Path(__file__).resolve().parent / "pages"
-
-# (file, title, icon); a page whose file is missing (still being written) is left out.
+# (file in pages/, title, icon)
 PAGES = [
     ("home.py", "Home", ":material/home:"),
     ("activations.py", "Activations", ":material/grid_view:"),
@@ -33,11 +29,8 @@ PAGES = [
 
 
 def pages() -> list[st.Page]:
-    return [
-        st.Page(f"pages/{file}", title=title, icon=icon, default=(file == "home.py"))
-        for file, title, icon in PAGES
-        if (PAGES_DIR / file).is_file()
-    ]
+    return [st.Page(f"pages/{file}", title=title, icon=icon, default=(file == "home.py"))
+            for file, title, icon in PAGES]
 
 
 def run() -> None:

@@ -1,8 +1,5 @@
 """Streamlit glue shared by the pages: cached model, sidebar, image source, results, downloads.
 
-Pages import vizkit functions from their modules (``from vizkit.methods.class_maps import cam``), not as
-``vk.cam``: once a submodule is imported, the package attribute of that name is the module.
-
 The model is cached with ``st.cache_resource`` and shared by every session thread; its
 ``LoadedModel.lock`` serializes hook use inside vizkit. Pages compute on a button press, keep the
 result in ``st.session_state`` under a key that includes the model and the image, and render

@@ -71,7 +71,7 @@ def random_image(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
     return (img * 255).astype(np.uint8)
 
 
-# A hand-set CNN whose maps can be computed by hand (tests/test_deconvnet.py, tests/test_cam.py):
+# A hand-set CNN whose maps can be computed by hand (tests/test_backprop.py, tests/test_class_maps.py):
 # conv(3→2, 2×2, integer weights) → maxpool(2, stride 1) → ReLU → GAP → linear(2→2), on a 4×4
 # image fed unnormalized (std = 1/255, so the input tensor equals the uint8 pixel values).
 HAND_CONV_W = np.array([
@@ -135,7 +135,7 @@ class MethodCase:
 
     ``kind`` is one of ``vizkit.methods.registry.TARGET_KINDS``, or ``"model"`` for a method that
     explains the model itself. Callable targets are not a case of their own: they take the class
-    form's path (tests/test_deconvnet.py and tests/test_cam.py check them against class indices).
+    form's path (tests/test_backprop.py and tests/test_class_maps.py check them against class indices).
     """
 
     spec: MethodSpec

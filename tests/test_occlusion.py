@@ -1,5 +1,6 @@
-"""Occlusion: captum's ``Occlusion`` as the oracle, exact incremental inference against full
-inference on every registry model and on odd geometries, hook hygiene, OOM retry, stop."""
+"""Occlusion (vizkit/methods/occlusion/sensitivity.py): captum's ``Occlusion`` as the oracle, the
+run description, approximate mode, hook hygiene, OOM retry, stop, the CLI. The incremental engine's
+own tests (exact equals full inference) are in tests/test_incremental.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 
 import vizkit.methods.occlusion.incremental as incremental
 import vizkit.methods.occlusion.sensitivity as sensitivity
-from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
+from support import TINY_SPEC, random_image, zoo_model
 from vizkit.core.hooks import hook_count
 from vizkit.methods.occlusion.sensitivity import approximation_summary, baseline_value, occlusion, patch_grid
 from vizkit.models.base import LoadedModel
@@ -149,46 +150,7 @@ def test_googlenet_feature_drop_matches_captum():
     assert_close_map(ours.info["feature_map"], attr[0, 0].numpy(), clean=ours.info["feature_clean"])
 
 
-# ---------------------------------------------------------------------------- exact vs full
-@pytest.mark.parametrize(
-    ("size", "patch", "stride"),
-    [(32, 5, 3), (37, 8, 5), (29, 29, 29), (24, 3, 1), (33, 10, 10), (40, 7, 2)],
-)
-def test_exact_equals_full_on_odd_geometry(size, patch, stride):
-    """Patch larger than stride, stride not dividing the size, patch at the border, patch = image."""
-    m = all_ops_model(size)
-    img = random_image(size, size, seed=size)
-    logit = lambda logits: logits[:, 0]  # probabilities of a tiny random net barely move
-    full = occlusion(m, img, logit, patch=patch, stride=stride, mode="full", layer="avg")
-    exact = occlusion(m, img, logit, patch=patch, stride=stride, mode="exact", layer="avg")
-    assert_close_map(exact.map, full.map, clean=full.info["clean_probability"])
-    assert_close_map(exact.info["feature_map"], full.info["feature_map"],
-                     clean=full.info["feature_clean"])
-    assert exact.info["nodes"]["incremental"] > 0
-
-
-def test_all_ops_matches_captum():
-    m = all_ops_model(30)
-    img = random_image(30, 30, seed=9)
-    ours = occlusion(m, img, target=lambda logits: logits[:, 2], patch=7, stride=4, baseline="zero")
-    assert_close_map(ours.map, captum_occlusion(m, img, 2, 7, 4, "zero", "logit"))
-
-
-@pytest.mark.slow
-def test_exact_equals_full_on_registry_model(registry_model):
-    """Every registry model (weights=None) at 96 px: probability grid and a deep feature's drop."""
-    m = resized(registry_model, 96)
-    img = random_image(96, 96, seed=2)
-    kwargs = dict(target=lambda logits: logits[:, :10].sum(1), patch=20, stride=12,
-                  layer=m.spec.cam_layer)
-    full = occlusion(m, img, mode="full", **kwargs)
-    exact = occlusion(m, img, mode="exact", **kwargs)
-    assert exact.info["mode"] == "exact" and exact.info["nodes"]["incremental"] > 0
-    assert_close_map(exact.info["feature_map"], full.info["feature_map"])
-    scale = max(np.abs(full.map).max(), 1e-6)
-    assert np.abs(exact.map - full.map).max() <= 1e-4 * scale
-
-
+# ---------------------------------------------------------------------------- approximate vs exact
 @pytest.mark.slow
 def test_approximate_stays_close_on_registry_model(registry_model):
     """Every registry model in approximate mode (8-bit changes) at 96 px: the drop grid and a deep
@@ -208,43 +170,6 @@ def test_approximate_stays_close_on_registry_model(registry_model):
         span = np.ptp(reference)
         assert np.sqrt(np.mean((ours - reference) ** 2)) <= 0.04 * span
         assert np.abs(ours - reference).max() <= 0.12 * span
-
-
-def test_unknown_op_runs_in_full_and_stays_exact():
-    class WithNorm(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.norm = nn.LocalResponseNorm(3)
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(self.norm(F.relu(self.conv(x) * 2.0)).amax((2, 3)))
-
-    torch.manual_seed(0)
-    m = wrap_module(WithNorm(), dataclasses.replace(TINY_SPEC, input_size=20), device="cpu")
-    img = random_image(20, 20, seed=1)
-    logit = lambda logits: logits[:, 1]
-    exact = occlusion(m, img, logit, patch=6, stride=4)
-    full = occlusion(m, img, logit, patch=6, stride=4, mode="full")
-    assert exact.info["nodes"]["full"] > 0
-    assert_close_map(exact.map, full.map)
-
-
-def test_untraceable_model_falls_back_to_full():
-    class DataDependent(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = make_tiny_cnn()
-
-        def forward(self, x):
-            return self.net(x) if x.sum() > -1e9 else -self.net(x)
-
-    m = wrap_module(DataDependent(), TINY_SPEC, device="cpu")
-    img = random_image(16, 16)
-    ours = occlusion(m, img, target=0, patch=4, stride=4)
-    assert ours.info["mode"] == "full" and "fallback" in ours.info
-    assert_close_map(ours.map, captum_occlusion(m, img, 0, 4, 4, "mean"))
 
 
 # ---------------------------------------------------------------------------- info, layer, box
@@ -550,23 +475,6 @@ def test_approximate_without_8_bit_kernels_runs_in_float(monkeypatch):
     assert not np.isnan(approx.map).any()
 
 
-@pytest.mark.parametrize(("size", "patch", "stride"), [(32, 5, 3), (37, 8, 5), (40, 7, 2)])
-def test_never_going_full_stays_exact(monkeypatch, size, patch, stride):
-    """With no node ever recomputed in full (approximate mode's schedule), float32 changes
-    through global pooling, flatten and linear layers still give full inference's map."""
-    monkeypatch.setattr(incremental, "FULL_FRACTION", float("inf"))
-    m, img, logit = smooth_case(size)
-    full = occlusion(m, img, logit, patch=patch, stride=stride, mode="full")
-    exact = occlusion(m, img, logit, patch=patch, stride=stride)
-    assert exact.info["nodes"]["full"] == 0
-    assert_close_map(exact.map, full.map, clean=full.info["clean_probability"])
-    m = all_ops_model(size)
-    img = random_image(size, size, seed=size)
-    full = occlusion(m, img, logit, patch=patch, stride=stride, mode="full")
-    exact = occlusion(m, img, logit, patch=patch, stride=stride)
-    assert_close_map(exact.map, full.map, clean=full.info["clean_probability"])
-
-
 def test_interpolation_uses_every_known_cell_and_reproduces_a_plane():
     """Piecewise-linear over all known cells: exact for a plane, whatever cells are known.
 
@@ -641,16 +549,3 @@ def test_cli_says_how_an_approximate_map_was_made(tmp_path, capsys):
     assert "approximate: 8-bit arithmetic on the changes" in printed
     assert ("interpolated (checked error" in printed) != ("every position evaluated" in printed)
 
-
-def test_projective_field_cap_keeps_a_centred_box():
-    """Krypton's thresholding (off by default, see CAP_FRACTION): a change is cut to a centred
-    box of at most the given share of its map, and the positions' corners move with it."""
-    m = all_ops_model(32)
-    inc = incremental.IncrementalOcclusion(m.module, m.preprocess(random_image(32, 32)),
-                                           cap_fraction=0.5)
-    delta = torch.arange(2 * 10 * 9, dtype=torch.float32).view(2, 1, 10, 9)
-    crop = incremental.Crop(delta, np.array([-1, 3]), np.array([0, 4]), 12, 12)
-    capped = inc._cap(crop)
-    assert (capped.h, capped.w) == (6, 6)
-    assert capped.ys.tolist() == [1, 5] and capped.xs.tolist() == [1, 5]
-    assert torch.equal(capped.delta, delta[:, :, 2:8, 1:7])

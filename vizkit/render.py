@@ -6,12 +6,13 @@ bytes; nothing imports streamlit or touches a model.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 import plotly.graph_objects as go
+
+from vizkit.core.images import to_png_bytes
 
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -222,18 +223,7 @@ def draw_box(
 
 def to_png(img: np.ndarray) -> bytes:
     """PNG bytes of a picture with no metadata at all (no EXIF, GPS or text chunks)."""
-    try:
-        from vizkit.core.images import to_png_bytes
-    except ImportError:
-        to_png_bytes = None
-    pic = as_rgb_uint8(img)
-    if to_png_bytes is not None:
-        return to_png_bytes(pic)
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pic), "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
+    return to_png_bytes(as_rgb_uint8(img))
 
 
 # ---------------------------------------------------------------- plotly figures

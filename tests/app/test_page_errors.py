@@ -28,7 +28,7 @@ from support import png_chunk_types
 from vizkit.models.registry import get_spec
 from vizkit.models.weights import zoo_checkpoint_path
 
-PAGE_FILES = [file.removesuffix(".py") for file, _, _ in app.PAGES if (ROOT / "pages" / file).is_file()]
+PAGE_FILES = [file.removesuffix(".py") for file, _, _ in app.PAGES]
 NEEDS_MODEL = {p for p in PAGE_FILES if "require_model()" in (ROOT / "pages" / f"{p}.py").read_text()
                or "require_inputs()" in (ROOT / "pages" / f"{p}.py").read_text()}
 

@@ -1,6 +1,6 @@
 """Safe image decoding, metadata-free PNG export and untrusted file names.
 
-Policy (RELIABILITY.md): a byte limit before reading, an allow-list of formats (EPS/PS never
+Policy (docs/reliability.md, "Images"): a byte limit before reading, an allow-list of formats (EPS/PS never
 reach Pillow, so Ghostscript never runs), a pixel limit checked from the header before any
 decoding, Pillow's ``DecompressionBombWarning`` treated as an error, ``load()`` to validate
 (truncated files fail; ``LOAD_TRUNCATED_IMAGES`` stays off), EXIF orientation applied with

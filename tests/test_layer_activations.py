@@ -1,11 +1,12 @@
-"""activations.py: feature maps and per-channel statistics, by hand and against plain forwards."""
+"""vizkit/methods/layer_activations.py: feature maps and per-channel statistics, by hand and
+against plain forwards."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from test_deconvnet import hand_forward
+from test_backprop import hand_forward
 
 from support import HAND_IMAGE, random_image, zoo_model
 from vizkit.core.hooks import hook_count

@@ -1,4 +1,5 @@
-"""deconvnet.py: saliency, guided backprop and deconvnet against hand computations and captum."""
+"""vizkit/methods/backprop.py: saliency, guided backprop and deconvnet against hand computations
+and captum."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""cam.py: CAM, Grad-CAM, Grad-CAM++ by hand, against captum, and CAM ∝ Grad-CAM on GAP heads."""
+"""vizkit/methods/class_maps.py: CAM, Grad-CAM, Grad-CAM++ by hand, against captum, and CAM ∝
+Grad-CAM on GAP heads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from test_deconvnet import CAPTUM_CASES, assert_close_rel, hand_forward, model_for_captum
+from test_backprop import CAPTUM_CASES, assert_close_rel, hand_forward, model_for_captum
 
 from support import HAND_FC_W, HAND_IMAGE, random_image, zoo_model
 from vizkit.core.hooks import find_layer, hook_count
