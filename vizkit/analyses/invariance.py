@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 from torch import nn
 
 from vizkit.analyses.features import layer_features
@@ -177,6 +176,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def invariance_figure(result: Invariance, class_name: str | None = None, relative: bool = False) -> go.Figure:
     """Zeiler & Fergus Fig. 5 as plotly: one panel per layer's distance, then the probability."""
+    from plotly.subplots import make_subplots  # here: a slow import, needed only for this figure
+
     unit = UNITS[result.transform]
     titles = [f"{name}: {'relative ' if relative else ''}distance" for name in result.layers]
     titles.append(f"p({class_name or result.target})")

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from torch import nn
 
 from vizkit.core.results import Explanation
@@ -90,6 +89,10 @@ def _reinitialize(sub: nn.Module, gen: torch.Generator) -> None:
 
 
 def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    # Imported here: scipy.stats takes longer to import than the rest of vizkit's own modules,
+    # and only this check needs it (``import vizkit`` stays fast).
+    from scipy.stats import spearmanr
+
     a, b = a.ravel(), b.ravel()
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0

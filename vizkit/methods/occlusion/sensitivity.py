@@ -29,8 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.fx as fx
-from scipy.interpolate import griddata
-from scipy.spatial import QhullError
 
 from vizkit.core.devices import is_out_of_memory
 from vizkit.core.results import Explanation, InfoRecord
@@ -634,6 +632,11 @@ def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     Cells outside the known cells' hull (or all, when the known cells are collinear) take the
     nearest known value.
     """
+    # Imported here: scipy.interpolate costs about as much to import as the rest of occlusion,
+    # and only approximate mode's drill-down interpolates (``import vizkit`` stays fast).
+    from scipy.interpolate import griddata
+    from scipy.spatial import QhullError
+
     out = values.copy()
     ky, kx = np.nonzero(known)
     uy, ux = np.nonzero(~known)
