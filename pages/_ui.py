@@ -335,6 +335,15 @@ def stored(page: str, m: vk.LoadedModel, picked: Picked | None) -> Any | None:
     return entry[1]
 
 
+def stored_or_stop(page: str, m: vk.LoadedModel, picked: Picked | None, hint: str) -> Any:
+    """The page's kept result, or ``hint`` (what to press) and the page stops here."""
+    result = stored(page, m, picked)
+    if result is None:
+        st.info(hint)
+        st.stop()
+    return result
+
+
 # ---------------------------------------------------------------- pictures and downloads
 
 

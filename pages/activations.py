@@ -29,10 +29,7 @@ if st.button("Show activations", type="primary", key="act_go"):
         ui.store(PAGE, m, picked, acts)
         st.session_state.pop("act_extra", None)
 
-acts: vk.Activations | None = ui.stored(PAGE, m, picked)
-if acts is None:
-    st.info("Choose a layer and press **Show activations**.")
-    st.stop()
+acts: vk.Activations = ui.stored_or_stop(PAGE, m, picked, "Choose a layer and press **Show activations**.")
 
 maps = acts.maps
 c, h, w = maps.shape

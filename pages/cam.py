@@ -43,10 +43,7 @@ if st.button("Compute maps", type="primary", key="cam_go"):
     progress.empty()
     ui.store(PAGE, m, picked, {"maps": maps, "curves": curves, "target": target})
 
-kept = ui.stored(PAGE, m, picked)
-if kept is None:
-    st.info("Choose a class and press **Compute maps**.")
-    st.stop()
+kept = ui.stored_or_stop(PAGE, m, picked, "Choose a class and press **Compute maps**.")
 st.markdown(f"Maps for class **{m.classes[kept['target']]}**.")
 opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
 base = m.resize(picked.image)
@@ -74,18 +71,12 @@ if curves:
     best_del = min(curves, key=lambda k: curves[k].deletion_auc)
     best_ins = max(curves, key=lambda k: curves[k].insertion_auc)
     st.markdown(f"Most faithful here: **{names[best_del]}** by deletion, **{names[best_ins]}** by insertion.")
-    left, right = st.columns(2)
-    with left:
-        fig = render.curves_figure(
-            {names[k]: (c.fractions, c.deletion) for k, c in curves.items()},
-            title="Deletion (lower area is better)", xaxis="fraction of pixels deleted",
-            yaxis="class probability",
-            labels={names[k]: f"(area {c.deletion_auc:.3f})" for k, c in curves.items()})
-        st.plotly_chart(fig, key="cam_deletion")
-    with right:
-        fig = render.curves_figure(
-            {names[k]: (c.fractions, c.insertion) for k, c in curves.items()},
-            title="Insertion (higher area is better)", xaxis="fraction of pixels inserted",
-            yaxis="class probability",
-            labels={names[k]: f"(area {c.insertion_auc:.3f})" for k, c in curves.items()})
-        st.plotly_chart(fig, key="cam_insertion")
+    for col, (kind, better, verb) in zip(st.columns(2), [("deletion", "lower", "deleted"),
+                                                         ("insertion", "higher", "inserted")], strict=True):
+        with col:
+            fig = render.curves_figure(
+                {names[k]: (c.fractions, getattr(c, kind)) for k, c in curves.items()},
+                title=f"{kind.capitalize()} ({better} area is better)", xaxis=f"fraction of pixels {verb}",
+                yaxis="class probability",
+                labels={names[k]: f"(area {getattr(c, kind + '_auc'):.3f})" for k, c in curves.items()})
+            st.plotly_chart(fig, key=f"cam_{kind}")

@@ -68,10 +68,7 @@ if st.button("Compute", type="primary", key="dc_go"):
                         scores[method] = exc
     ui.store(PAGE, m, picked, {"results": results, "scores": scores, "what": (kind, target, layer, channel)})
 
-kept = ui.stored(PAGE, m, picked)
-if kept is None:
-    st.info("Choose a target and press **Compute**.")
-    st.stop()
+kept = ui.stored_or_stop(PAGE, m, picked, "Choose a target and press **Compute**.")
 kind_, target_, layer_, channel_ = kept["what"]
 what = (f"class **{m.classes[target_]}**" if layer_ is None
         else f"channel **{channel_}** of **{layer_}**")

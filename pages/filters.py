@@ -68,10 +68,7 @@ if go:
     if result is not None:
         ui.store(PAGE, m, None, result)
 
-result = ui.stored(PAGE, m, None)
-if result is None:
-    st.info("Choose channels and press **Maximize**.")
-    st.stop()
+result = ui.stored_or_stop(PAGE, m, None, "Choose channels and press **Maximize**.")
 st.markdown(f"**{result.layer}**: {len(result.channels)} channels, {result.steps} steps, "
             f"{result.images.shape[1]}×{result.images.shape[2]} px"
             + (" — stopped early" if result.stopped else ""))

@@ -84,10 +84,7 @@ if go:
     if result is not None:
         ui.store(PAGE, m, None, (part_name, result))
 
-kept = ui.stored(PAGE, m, None)
-if kept is None:
-    st.info("Choose a part and press **Compute**.")
-    st.stop()
+kept = ui.stored_or_stop(PAGE, m, None, "Choose a part and press **Compute**.")
 label, result = kept
 st.plotly_chart(correspondence_figure(result, label), key="cor_fig")
 rows = correspondence_rows(result)

@@ -59,10 +59,7 @@ if go:
     if result is not None:
         ui.store(PAGE, m, None, result)
 
-result = ui.stored(PAGE, m, None)
-if result is None:
-    st.info("Choose a layer and press **Compute**.")
-    st.stop()
+result = ui.stored_or_stop(PAGE, m, None, "Choose a layer and press **Compute**.")
 
 picture = evolution_picture(result, zoom=max(1, 96 // max(result.steps[0].patch.shape[:2])))
 st.image(picture, caption=f"{result.layer}: per feature map, deconvnet projections (top row) and image "

@@ -64,10 +64,7 @@ if st.button("Compute", type="primary", key="inv_go"):
     if result is not None:
         ui.store(PAGE, m, picked, result)
 
-result = ui.stored(PAGE, m, picked)
-if result is None:
-    st.info("Choose a transform and press **Compute**.")
-    st.stop()
+result = ui.stored_or_stop(PAGE, m, picked, "Choose a transform and press **Compute**.")
 
 name = m.classes[result.target]
 st.plotly_chart(invariance_figure(result, name, relative=relative), key="inv_fig")

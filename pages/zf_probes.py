@@ -95,10 +95,7 @@ if go:
             ui.store(PAGE, m, None, result)
     bar.empty()
 
-result = ui.stored(PAGE, m, None)
-if result is None:
-    st.info("Choose the data and press **Compute**.")
-    st.stop()
+result = ui.stored_or_stop(PAGE, m, None, "Choose the data and press **Compute**.")
 st.plotly_chart(probes_figure(result, f"{m.spec.title}: linear probes"), key="probe_fig")
 rows = probe_rows(result)
 st.dataframe(rows, key="probe_table")

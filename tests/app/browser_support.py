@@ -116,6 +116,16 @@ def finish(pg, name: str) -> None:
     pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def upload_in_sidebar(pg, path) -> object:
+    """Picks *Upload* in the sidebar and gives ``path`` to the file chooser; returns the sidebar."""
+    sidebar = pg.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Upload", exact=True).click()
+    with pg.expect_file_chooser() as chooser:
+        sidebar.locator('[data-testid="stFileUploaderDropzone"]').click()
+    chooser.value.set_files(str(path))
+    return sidebar
+
+
 def press(pg, label: str) -> None:
     pg.get_by_role("button", name=label, exact=True).first.click()
 

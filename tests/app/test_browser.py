@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from browser_support import CHROMIUM, finish, open_app, press
+from browser_support import CHROMIUM, finish, open_app, press, upload_in_sidebar
 
 from app_support import ROOT
 
@@ -38,11 +38,7 @@ def test_occlusion_with_an_uploaded_file(page, server, tmp_path):
     upload = scene if scene.is_file() else photo
 
     open_app(page, server, "occlusion")
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text("Upload", exact=True).click()
-    with page.expect_file_chooser() as chooser:
-        sidebar.locator('[data-testid="stFileUploaderDropzone"]').click()
-    chooser.value.set_files(str(upload))
+    sidebar = upload_in_sidebar(page, upload)
     sidebar.locator('[data-testid="stImage"]').first.wait_for()
     press(page, "Compute")
     page.get_by_text("Probability drop (red").wait_for()
@@ -75,11 +71,7 @@ def test_a_bad_upload_is_a_message_and_the_sidebar_survives_reruns(page, server,
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"hello, this is not an image")
     open_app(page, server, "cam")
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text("Upload", exact=True).click()
-    with page.expect_file_chooser() as chooser:
-        sidebar.locator('[data-testid="stFileUploaderDropzone"]').click()
-    chooser.value.set_files(str(bad))
+    sidebar = upload_in_sidebar(page, bad)
     sidebar.locator('[data-testid="stAlertContentError"]').first.wait_for()
     assert page.locator('[data-testid="stException"]').count() == 0
     page.get_by_text("Pick or upload an image in the sidebar.").wait_for()

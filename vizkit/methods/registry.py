@@ -6,7 +6,7 @@ from a model (a GAP head, ``nn.ReLU`` modules) and how to call it cheaply. Every
 methods iterates this registry instead of keeping its own list: the pages (pages/cam.py,
 pages/deconvnet.py), the sanity check, the pointing game and its command, bench/methods.py, and
 the generic tests (hooks, threads, interrupts, memory; tests/support.py builds their cases).
-Adding a method is its module plus one ``MethodSpec`` in ``_SPECS``.
+Adding a method is its module plus one ``MethodSpec`` in the list below.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from vizkit.core.registry import Registry
 from vizkit.core.results import Activations, Explanation
 from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
 from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
@@ -137,85 +138,48 @@ class MethodSpec:
             raise ValueError(f"{self.title} does not explain a {kind}; it takes: {takes}.")
 
 
-_SPECS = [
-    MethodSpec(
-        name="activations", title="Layer activations", citation="Zeiler & Fergus 2013",
-        summary="every channel of a layer, with its statistics.",
-        family="layer_activations", fn=activations, targets=("layer",), result=Activations,
-    ),
-    MethodSpec(
-        name="deconvnet", title="Deconvnet", citation="Zeiler & Fergus 2013",
-        summary="rectify the backward signal at each ReLU.",
-        family="backprop", fn=deconvnet, targets=("class", "callable", "unit"),
-        needs_rectifiers=True,
-    ),
-    MethodSpec(
-        name="guided_backprop", title="Guided backprop", citation="Springenberg et al. 2015",
-        summary="gradient, gated by forward and backward signs at each ReLU.",
-        family="backprop", fn=guided_backprop, needs_rectifiers=True,
-    ),
-    MethodSpec(
-        name="saliency", title="Saliency", citation="Simonyan et al. 2014",
-        summary="the plain gradient, max |·| over colours.",
-        family="backprop", fn=saliency,
-    ),
-    MethodSpec(
-        name="cam", title="CAM", citation="Zhou et al. 2016",
-        summary="the linear head's weights times the last feature maps (GAP networks only).",
-        family="class_maps", fn=cam, targets=("class",), needs_gap_head=True,
-    ),
-    MethodSpec(
-        name="grad_cam", title="Grad-CAM", citation="Selvaraju et al. 2017",
-        summary="feature maps weighted by their mean gradient.",
-        family="class_maps", fn=grad_cam,
-    ),
-    MethodSpec(
-        name="grad_cam_pp", title="Grad-CAM++", citation="Chattopadhyay et al. 2018",
-        summary="higher-order gradient weights.",
-        family="class_maps", fn=grad_cam_pp,
-    ),
-    MethodSpec(
-        name="occlusion", title="Occlusion", citation="Zeiler & Fergus 2013",
-        summary="the drop of the class probability while a patch hides each position.",
-        family="occlusion", fn=occlusion, long_running=True, quick={"patch": 16, "stride": 16},
-    ),
-    MethodSpec(
-        name="filter_weights", title="Filter weights", citation="Zeiler & Fergus 2013",
-        summary="a convolution's kernels as images, centred on zero.",
-        family="filters", fn=filter_weights, targets=("layer",), image=False, forward=False,
-        layer_type=nn.Conv2d, result=FilterWeights,
-    ),
-    MethodSpec(
-        name="maximize_activation", title="Activation maximization", citation="Olah et al. 2017",
-        summary="the image each channel responds to most, by regularized gradient ascent.",
-        family="filters", fn=maximize_activation, targets=("unit",), image=False, many_units=True,
-        long_running=True, quick={"steps": 3, "size": 32}, result=Maximization,
-    ),
-    MethodSpec(
-        name="summarize", title="Model summary", citation="Araujo et al. 2019",
-        summary="per-layer output shape, parameters, MACs and receptive field.",
-        family="receptive_fields", fn=summarize, targets=(), image=False, forward=False, result=list,
-    ),
-]
-
-_REGISTRY: dict[str, MethodSpec] = {}
+_REGISTRY: Registry[MethodSpec] = Registry("method")
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
     """Adds ``spec`` to the registry (a name may be registered once)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"Method {spec.name!r} is already registered.")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.register(spec)
 
 
 def unregister_method(name: str) -> None:
     """Removes a method (for tests that register a toy one)."""
-    get_method(name)
-    del _REGISTRY[name]
+    del _REGISTRY[get_method(name).name]
 
 
-for _spec in _SPECS:
+for _spec in [
+    MethodSpec("activations", "Layer activations", "Zeiler & Fergus 2013", "every channel of a layer, with "
+               "its statistics.", "layer_activations", activations, targets=("layer",), result=Activations),
+    MethodSpec("deconvnet", "Deconvnet", "Zeiler & Fergus 2013", "rectify the backward signal at each ReLU.",
+               "backprop", deconvnet, targets=("class", "callable", "unit"), needs_rectifiers=True),
+    MethodSpec("guided_backprop", "Guided backprop", "Springenberg et al. 2015", "gradient, gated by forward "
+               "and backward signs at each ReLU.", "backprop", guided_backprop, needs_rectifiers=True),
+    MethodSpec("saliency", "Saliency", "Simonyan et al. 2014", "the plain gradient, max |·| over colours.",
+               "backprop", saliency),
+    MethodSpec("cam", "CAM", "Zhou et al. 2016", "the linear head's weights times the last feature maps "
+               "(GAP networks only).", "class_maps", cam, targets=("class",), needs_gap_head=True),
+    MethodSpec("grad_cam", "Grad-CAM", "Selvaraju et al. 2017", "feature maps weighted by their mean "
+               "gradient.", "class_maps", grad_cam),
+    MethodSpec("grad_cam_pp", "Grad-CAM++", "Chattopadhyay et al. 2018", "higher-order gradient weights.",
+               "class_maps", grad_cam_pp),
+    MethodSpec("occlusion", "Occlusion", "Zeiler & Fergus 2013", "the drop of the class probability while a "
+               "patch hides each position.", "occlusion", occlusion, long_running=True,
+               quick={"patch": 16, "stride": 16}),
+    MethodSpec("filter_weights", "Filter weights", "Zeiler & Fergus 2013", "a convolution's kernels as "
+               "images, centred on zero.", "filters", filter_weights, targets=("layer",), image=False,
+               forward=False, layer_type=nn.Conv2d, result=FilterWeights),
+    MethodSpec("maximize_activation", "Activation maximization", "Olah et al. 2017", "the image each channel "
+               "responds to most, by regularized gradient ascent.", "filters", maximize_activation,
+               targets=("unit",), image=False, many_units=True, long_running=True,
+               quick={"steps": 3, "size": 32}, result=Maximization),
+    MethodSpec("summarize", "Model summary", "Araujo et al. 2019", "per-layer output shape, parameters, MACs "
+               "and receptive field.", "receptive_fields", summarize, targets=(), image=False, forward=False,
+               result=list),
+]:
     register_method(_spec)
 
 
@@ -246,7 +210,4 @@ def list_methods(
 
 def get_method(name: str) -> MethodSpec:
     """The spec of method ``name``; a wrong name lists the valid ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"Unknown method {name!r}. Available: {', '.join(_REGISTRY)}.") from None
+    return _REGISTRY.lookup(name)

@@ -33,29 +33,19 @@ class FashionZF(nn.Module):
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] | None = None):
         super().__init__()
-        w1, w2, w3, w4, w5 = widths or self.widths
-        self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(3, w1, 5, padding=2)),
-            ("bn1", nn.BatchNorm2d(w1)),
-            ("relu1", nn.ReLU(inplace=True)),
-            ("pool1", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(w1, w2, 3, padding=1)),
-            ("bn2", nn.BatchNorm2d(w2)),
-            ("relu2", nn.ReLU(inplace=True)),
-            ("pool2", nn.MaxPool2d(2)),
-            ("conv3", nn.Conv2d(w2, w3, 3, padding=1)),
-            ("bn3", nn.BatchNorm2d(w3)),
-            ("relu3", nn.ReLU(inplace=True)),
-            ("conv4", nn.Conv2d(w3, w4, 3, padding=1)),
-            ("bn4", nn.BatchNorm2d(w4)),
-            ("relu4", nn.ReLU(inplace=True)),
-            ("pool4", nn.MaxPool2d(2)),
-            ("conv5", nn.Conv2d(w4, w5, 3, padding=1)),
-            ("bn5", nn.BatchNorm2d(w5)),
-            ("relu5", nn.ReLU(inplace=True)),
-        ]))
+        widths = widths or self.widths
+        layers: list[tuple[str, nn.Module]] = []
+        # Block i: conv (5×5 first, then 3×3, "same" padding) → BN → ReLU, then a 2×2 max-pool
+        # after blocks 1, 2 and 4 (64 → 8 px before the GAP head).
+        for i, (c_in, c_out) in enumerate(zip((3, *widths[:-1]), widths, strict=True), 1):
+            kernel = 5 if i == 1 else 3
+            layers += [(f"conv{i}", nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)),
+                       (f"bn{i}", nn.BatchNorm2d(c_out)), (f"relu{i}", nn.ReLU(inplace=True))]
+            if i in (1, 2, 4):
+                layers.append((f"pool{i}", nn.MaxPool2d(2)))
+        self.features = nn.Sequential(OrderedDict(layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(w5, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))

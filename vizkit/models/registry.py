@@ -14,11 +14,14 @@ import torch
 from torch import nn
 
 from vizkit.core.devices import pick_device
+from vizkit.core.registry import Registry
 from vizkit.models import fashion_zf, torchvision_zoo
 from vizkit.models import weights as weights_io
 from vizkit.models.base import LoadedModel, ModelSpec
 
-REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [*fashion_zf.SPECS, *torchvision_zoo.SPECS]}
+REGISTRY: Registry[ModelSpec] = Registry("model")
+for _spec in [*fashion_zf.SPECS, *torchvision_zoo.SPECS]:
+    REGISTRY.register(_spec)
 
 
 def list_models() -> list[str]:
@@ -28,10 +31,7 @@ def list_models() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     """The spec of ``name``; a wrong name lists the valid ones."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"Unknown model {name!r}. Available: {', '.join(REGISTRY)}.") from None
+    return REGISTRY.lookup(name)
 
 
 def weights_available(name: str) -> bool:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vizkit.core.devices import pick_device
+from vizkit.core.registry import Registry
 from vizkit.models.torchvision_zoo import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -278,15 +279,8 @@ def _build_random_multiscale(weights: str | None) -> tuple[nn.Module, dict[str, 
 
 
 #: The extractors ``style_transfer`` accepts, in order of preference (``default_extractor``).
-EXTRACTORS: dict[str, ExtractorSpec] = {}
-
-
-def register_extractor(spec: ExtractorSpec) -> ExtractorSpec:
-    """Adds ``spec`` to ``EXTRACTORS`` (a name may be registered once)."""
-    if spec.name in EXTRACTORS:
-        raise ValueError(f"Extractor {spec.name!r} is already registered.")
-    EXTRACTORS[spec.name] = spec
-    return spec
+EXTRACTORS: Registry[ExtractorSpec] = Registry("extractor")
+register_extractor = EXTRACTORS.register
 
 register_extractor(ExtractorSpec(
     name="vgg19", title="VGG19 (ImageNet weights)", build=_build_vgg19, available=vgg19_available,
@@ -328,8 +322,7 @@ def get_extractor(
         vizkit.models.weights.WeightsError: VGG19 weights are missing; the message names the file and
             the random-multiscale alternative.
     """
-    if name not in EXTRACTORS:
-        raise ValueError(f"Unknown extractor {name!r}. Available: {', '.join(EXTRACTORS)}.")
+    EXTRACTORS.lookup(name)
     with _EXTRACTOR_LOCK:
         return _build_extractor(name, str(pick_device(device)), weights)
 
