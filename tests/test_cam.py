@@ -155,4 +155,4 @@ def test_public_name_is_the_function_after_the_submodule_import():
     import vizkit
     import vizkit.methods.class_maps  # noqa: F401
 
-    assert vizkit.methods.class_maps is cam
+    assert vizkit.cam is cam
