@@ -77,6 +77,7 @@ def test_folder_index_names_files_and_matches_top_patches(tiny, tmp_path):
     folder = _folder(tmp_path / "imgs", images)
     out = tmp_path / "index.parquet"
     index = mine(tiny, "relu2,pool1", folder, k=5, out=out, batch_size=7, workers=2)
+    assert ix.read_index(out).layers == ["relu2", "pool1"]  # the order asked for, kept on disk
     names = sorted(p.name for p in folder.iterdir())
     assert_matches_top_patches(tiny, ix.read_index(out), folder, "relu2", range(6), k=5, names=names)
     assert_matches_top_patches(tiny, index, folder, "pool1", [0, 3], k=5, names=names)
@@ -347,3 +348,23 @@ def test_cli_mines_a_folder_and_reports_errors(tmp_path, capsys):
     code = main(["mine", "--weights", "none", "--layers", "features.relu1", "--images", str(empty),
                  "--out", str(tmp_path / "y.parquet"), "--device", "cpu"])
     assert code == 2 and "no files" in capsys.readouterr().err
+
+
+REGENERATE = ("python -m vizkit mine --model fashion-zf --layers all "
+              "--out assets/indexes/fashion-zf.parquet --restart")
+
+
+@pytest.mark.slow
+def test_the_shipped_index_fits_the_bundled_model_and_scenes(fashion):
+    from vizkit.data.scenes import bundled_subset
+    from vizkit.methods.receptive_fields import summarize
+
+    index = ix.index_for(fashion, "features.relu5")
+    assert index is not None, f"assets/indexes/fashion-zf.parquet is stale; regenerate it: {REGENERATE}"
+    assert index.path == ix.INDEX_DIR / "fashion-zf.parquet"
+    spatial = [row.name for row in summarize(fashion) if len(row.output_shape) == 3]
+    assert index.layers == spatial  # every layer the Activations page offers
+    scenes = bundled_subset()
+    assert index.meta["dataset"]["readable"] == len(scenes) == 1000
+    assert_matches_top_patches(fashion, index, scenes, "features.relu2", [5], k=9)
+    assert_matches_top_patches(fashion, index, scenes, "features.relu5", [100, 255], k=9)

@@ -43,7 +43,7 @@ def _progress_bar(total_hint: str):
 
     def progress(done: int, total: int) -> bool:
         if bar["tqdm"] is None:
-            bar["tqdm"] = tqdm(total=total, unit="img", desc=total_hint, file=sys.stderr)
+            bar["tqdm"] = tqdm(total=total, initial=done, unit="img", desc=total_hint, file=sys.stderr)
         bar["tqdm"].n = done
         bar["tqdm"].refresh()
         return True

@@ -19,7 +19,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +57,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Calls ``write(tmp)`` for a temporary file beside ``path``, then renames it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
+    # Created like any new file (0666 less the umask; mkstemp's 0600 would survive the rename).
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -228,7 +228,7 @@ def build_table(model: str, weights: str, tops: dict[str, LayerTopK], shapes: di
 
 def write_index(index: MiningIndex, path: str | Path) -> Path:
     """Writes the index atomically (Parquet, metadata in the schema)."""
-    table = index.table.replace_schema_metadata({META_KEY: json.dumps(index.meta, sort_keys=True).encode()})
+    table = index.table.replace_schema_metadata({META_KEY: json.dumps(index.meta).encode()})
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
@@ -292,8 +292,22 @@ def find_index(model: str, weights: str, layer: str,
             meta = _cached_meta(path)
             if (meta and meta.get("complete", True) and meta["model"] == model
                     and meta["weights_hash"] == weights and layer in meta["layers"]):
-                return read_index(path)
+                return _cached_index(path)
     return None
+
+
+_INDEX_CACHE: dict[tuple[str, int, int], MiningIndex] = {}
+
+
+def _cached_index(path: Path) -> MiningIndex:
+    """``read_index`` once per file version (the app asks on every rerun; indexes are read-only)."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _INDEX_CACHE:
+        for old in [k for k in _INDEX_CACHE if k[0] == key[0]]:
+            _INDEX_CACHE.pop(old, None)
+        _INDEX_CACHE[key] = read_index(path)
+    return _INDEX_CACHE[key]
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -327,3 +341,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, LayerTopK], np.ndarray, dict]
         raise ValueError(f"The checkpoint {path} cannot be read ({error}); "
                          "delete it to start over.") from None
     return tops, done, meta
+
+
+def index_for(m, layer: str, places: Iterable[str | Path] | None = None) -> MiningIndex | None:
+    """The index mined from model ``m``'s current weights at ``layer`` (see ``find_index``), or None."""
+    from vizkit.models.weights import weights_hash
+
+    with m.lock:  # a method holding the lock may be changing the weights (never for long)
+        digest = weights_hash(m.module)
+    return find_index(m.spec.name, digest, layer, places)
