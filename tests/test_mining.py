@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from test_interrupts import RerunLike, raise_on_call
 
 from support import random_image
 from vizkit.cli import main
@@ -116,22 +117,6 @@ def test_workers_and_batching_do_not_change_the_index(tiny, tmp_path):
     assert c.table.equals(a.table)  # this CPU's convolutions do not depend on the batch
 
 
-class Interrupted(Exception):
-    pass
-
-
-def raise_on_call(n: int):
-    calls = {"n": 0}
-
-    def progress(done, total):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise Interrupted(f"interrupted at {done}/{total}")
-        return True
-
-    return progress, calls
-
-
 def test_resume_after_an_interruption_gives_the_same_index(tiny, tmp_path):
     folder = _folder(tmp_path / "imgs", _images(50))
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
@@ -139,8 +124,8 @@ def test_resume_after_an_interruption_gives_the_same_index(tiny, tmp_path):
     mine(tiny, TINY_LAYERS, folder, k=4, out=whole, batch_size=6, workers=0)
 
     out = tmp_path / "resumed.parquet"
-    progress, calls = raise_on_call(4)
-    with pytest.raises(Interrupted):
+    progress, calls = raise_on_call(4, RerunLike)
+    with pytest.raises(RerunLike):
         mine(tiny, TINY_LAYERS, folder, k=4, out=out, batch_size=6, workers=0, progress=progress,
              checkpoint_every=3600)
     assert calls["n"] == 4 and not out.exists()

@@ -4,7 +4,8 @@ an interrupted Ray run to that index, and sizes its actors so decode tasks still
 from __future__ import annotations
 
 import pytest
-from test_mining import TINY_LAYERS, Interrupted, _folder, raise_on_call, table_of
+from test_interrupts import RerunLike, raise_on_call
+from test_mining import TINY_LAYERS, _folder, table_of
 
 from support import random_image
 from vizkit.core.hooks import hook_count
@@ -35,11 +36,11 @@ def test_ray_engine_equals_local_engine_and_resumes(tiny, tmp_path):
     mine(tiny, TINY_LAYERS, folder, k=4, out=local, batch_size=6, workers=1)
 
     out = tmp_path / "ray.parquet"
-    progress, calls = raise_on_call(3)
-    with pytest.raises(Interrupted):
+    progress, calls = raise_on_call(3, RerunLike)
+    with pytest.raises(RerunLike):
         mine(tiny, TINY_LAYERS, folder, k=4, out=out, batch_size=6, engine="ray", progress=progress)
     _, done, _ = ix.load_checkpoint(ix.checkpoint_path(out))
-    assert done.sum() == 3 and not done.all()
+    assert calls["n"] == 3 and done.sum() == 3 and not done.all()
     # resumed on Ray with two fractional-CPU actors (two 1-CPU actors would starve the decode tasks)
     mine(tiny, TINY_LAYERS, folder, k=4, out=out, batch_size=6, engine="ray", actors=2)
     assert table_of(out).equals(table_of(local))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,74 +39,80 @@ def default_workers() -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) - 1))
 
 
+@dataclass(frozen=True)
+class JobState:
+    """What a job has mined so far; replaced whole after each chunk, so an interrupt (Ctrl-C
+    arrives between two bytecodes) never leaves a chunk half-merged in a checkpoint."""
+
+    tops: dict[str, LayerTopK]
+    done: np.ndarray  # per chunk
+    images: dict[int, tuple[str, str]]  # the winners' names and hashes: O(channels × k)
+    skipped: tuple[tuple[int, str, str], ...]
+    readable: int
+    items: int  # items of the done chunks, readable or not
+
+
 class MiningJob:
-    """The running state of one mining job: top-ks, done chunks, the winners' names, skipped items."""
+    """One mining job: what it mines (source, layers, k, chunking), and its ``JobState``."""
 
     def __init__(self, source: Source, layers: list[str], shapes: dict, k: int, batch_size: int, meta: dict):
         self.source, self.layers, self.shapes, self.k = source, layers, shapes, k
         self.batch_size = batch_size
         self.meta = meta  # what must match for a checkpoint to be resumed
-        self.tops = {name: LayerTopK.empty(shapes[name][0], k) for name in layers}
-        self.done = np.zeros(chunk_count(len(source), batch_size), bool)
-        self.images: dict[int, tuple[str, str]] = {}
-        self.skipped: list[tuple[int, str, str]] = []
-        self.readable = 0
-        self.items = 0  # items of the done chunks, readable or not
+        self.state = JobState({name: LayerTopK.empty(shapes[name][0], k) for name in layers},
+                              np.zeros(chunk_count(len(source), batch_size), bool), {}, (), 0, 0)
 
     def add(self, result: ChunkResult) -> None:
-        """Merges one chunk's result; the state changes in one assignment per field, after the merge."""
-        if self.done[result.chunk]:
+        """Merges one chunk's result into a new state."""
+        old = self.state
+        if old.done[result.chunk]:
             return
-        tops = {name: self.tops[name].merged_with(result.layers[name]) if name in result.layers
-                else self.tops[name] for name in self.layers}
-        images = {**self.images, **result.images}
+        tops = {name: old.tops[name].merged_with(result.layers[name]) if name in result.layers
+                else old.tops[name] for name in self.layers}
+        images = {**old.images, **result.images}
         held = {int(i) for t in tops.values() for i in np.unique(t.index) if i != EMPTY}
-        self.images = {i: images[i] for i in held}  # only what the top-ks hold: O(channels × k)
-        self.tops = tops
-        if result.skipped:
-            self.skipped = sorted(self.skipped + [tuple(s) for s in result.skipped])
-        self.readable += result.readable
-        self.items += result.readable + len(result.skipped)
-        self.done[result.chunk] = True
-
-    def items_done(self) -> int:
-        return self.items
+        done = old.done.copy()
+        done[result.chunk] = True
+        skipped = tuple(sorted(old.skipped + tuple(tuple(s) for s in result.skipped)))
+        self.state = JobState(tops, done, {i: images[i] for i in held}, skipped,
+                              old.readable + result.readable,
+                              old.items + result.readable + len(result.skipped))
 
     def todo(self) -> list[int]:
-        return [int(c) for c in np.flatnonzero(~self.done)]
+        return [int(c) for c in np.flatnonzero(~self.state.done)]
 
     def save(self, path: Path) -> None:
-        ix.save_checkpoint(path, self.tops, self.done, {
-            **self.meta, "images": [[i, *v] for i, v in sorted(self.images.items())],
-            "skipped": self.skipped, "readable": self.readable})
+        state = self.state
+        ix.save_checkpoint(path, state.tops, state.done, {
+            **self.meta, "images": [[i, *v] for i, v in sorted(state.images.items())],
+            "skipped": state.skipped, "readable": state.readable})
 
     def restore(self, path: Path) -> None:
         tops, done, saved = ix.load_checkpoint(path)
         mismatch = [key for key in self.meta if saved.get(key) != self.meta[key]]
-        if mismatch or list(tops) != self.layers or len(done) != len(self.done):
+        if mismatch or list(tops) != self.layers or len(done) != len(self.state.done):
             raise ValueError(
                 f"The checkpoint {path} belongs to another job (it differs in: "
                 f"{', '.join(mismatch) or 'layers'}). Rerun with the same arguments, or start "
                 "over with resume=False (--restart), which deletes it.")
-        self.tops, self.done = tops, done
-        self.images = {int(i): (name, digest) for i, name, digest in saved["images"]}
-        self.skipped = [tuple(s) for s in saved["skipped"]]
-        self.readable = int(saved["readable"])
         n, b = len(self.source), self.batch_size
         sizes = np.minimum(b, n - np.arange(len(done)) * b)
-        self.items = int(sizes[done].sum())
+        self.state = JobState(tops, done, {int(i): (name, digest) for i, name, digest in saved["images"]},
+                              tuple(tuple(s) for s in saved["skipped"]), int(saved["readable"]),
+                              int(sizes[done].sum()))
 
     def index(self, complete: bool, description: str | None, settings: dict) -> ix.MiningIndex:
-        table = ix.build_table(self.meta["model"], self.meta["weights_hash"], self.tops, self.shapes,
-                               self.images)
+        state = self.state
+        table = ix.build_table(self.meta["model"], self.meta["weights_hash"], state.tops, self.shapes,
+                               state.images)
         meta = {
             "format": ix.FORMAT, "model": self.meta["model"], "weights_hash": self.meta["weights_hash"],
             "layers": {name: list(self.shapes[name]) for name in self.layers}, "k": self.k,
             "score": ix.SCORE_DEFINITION, "complete": complete,
-            "dataset": {**self.source.describe(), "readable": self.readable,
-                        "skipped": len(self.skipped), "description": description or ""},
+            "dataset": {**self.source.describe(), "readable": state.readable,
+                        "skipped": len(state.skipped), "description": description or ""},
             "skipped": [{"image_index": i, "image": name, "reason": reason}
-                        for i, name, reason in self.skipped],
+                        for i, name, reason in state.skipped],
             "settings": settings,
         }
         return ix.MiningIndex(table, meta)
@@ -207,7 +214,7 @@ def mine(
             results = _local_results(m, job, workers)
         for result in results:
             job.add(result)
-            if progress is not None and progress(job.items_done(), total) is False:
+            if progress is not None and progress(job.state.items, total) is False:
                 stopped = True
                 break
             if ckpt is not None and time.monotonic() - last >= checkpoint_every and job.todo():
@@ -218,8 +225,8 @@ def mine(
             job.save(ckpt)  # stopped, interrupted or failed: resume from here
         if hasattr(results, "close"):
             results.close()  # a generator: stops the DataLoader workers or the Ray pipeline
-    if job.readable == 0 and not stopped:
-        reasons = "; ".join(f"{name or i}: {reason}" for i, name, reason in job.skipped[:3])
+    if job.state.readable == 0 and not stopped:
+        reasons = "; ".join(f"{name or i}: {reason}" for i, name, reason in job.state.skipped[:3])
         raise ValueError(f"None of the {total} items could be read as an image ({reasons}).")
     settings = {"batch_size": batch_size, "input_size": m.input_size, "k": k}
     index = job.index(complete=not stopped, description=description, settings=settings)
