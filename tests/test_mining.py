@@ -91,10 +91,11 @@ def test_folder_index_names_files_and_matches_top_patches(tiny, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
+@pytest.mark.slow
 def test_trained_fashion_zf_several_channels(fashion):
     from vizkit.data.scenes import bundled_subset
 
-    scenes = bundled_subset().images[:200]
+    scenes = bundled_subset().images[:128]
     index = mine(fashion, ["features.relu3", "features.pool4"], scenes, k=9, batch_size=64, workers=1)
     assert_matches_top_patches(fashion, index, scenes, "features.relu3", [0, 9, 77, 159], k=9)
     assert_matches_top_patches(fashion, index, scenes, "features.pool4", [3, 100], k=9)

@@ -20,8 +20,9 @@ def test_actor_plan_leaves_cpus_for_decoding():
     assert (two.actors, two.cpus, two.gpus) == (2, 0.5, 0)
     one = actor_plan(2, 0, None)
     assert (one.actors, one.cpus) == (1, 1.0)
-    big = actor_plan(64, 0, 8)
-    assert (big.actors, big.cpus) == (8, 1.0)
+    big = actor_plan(64, 0, None)  # one per 8 CPUs, 4 threads each, half the CPUs left to decoding
+    assert (big.actors, big.cpus) == (8, 4.0)
+    assert actor_plan(16, 0, 3).cpus == 2.0  # whole CPUs above one (Ray refuses 2.67)
     gpus = actor_plan(32, 4, None)
     assert (gpus.actors, gpus.gpus) == (4, 1.0) and gpus.cpus <= 1
     assert actor_plan(32, 4, 2).actors == 2

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=9, help="images kept per channel")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=None,
-                        help="decode processes (default: the other cores, at most 8); Ray: model actors")
+                        help="decode processes (default: the other cores, at most 8); with --engine ray: "
+                             "model actors (default: one per GPU, or per 8 CPUs)")
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
@@ -76,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             dataset = bundled_subset()
             description = args.description or BUNDLED_DESCRIPTION
         index = mine(m, layers, dataset, k=args.k, out=args.out, batch_size=args.batch_size,
-                     workers=args.workers, engine=args.engine, resume=not args.restart,
+                     workers=args.workers if args.engine == "local" else None,
+                     actors=args.workers if args.engine == "ray" else None,
+                     engine=args.engine, resume=not args.restart,
                      checkpoint_every=args.checkpoint_every, progress=progress,
                      description=description, ray_address=args.ray_address)
     except KeyboardInterrupt:

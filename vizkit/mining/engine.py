@@ -160,7 +160,7 @@ def mine(
         out: the index file (Parquet) to write atomically; its checkpoint is ``out`` +
             ``.checkpoint.npz``. Without ``out`` nothing is written and nothing resumes.
         batch_size: items per chunk = per forward batch (part of what a resume must match).
-        workers: decode processes (default: the other cores, at most 8); with Ray, model actors.
+        workers: decode processes of the local engine (default: the other cores, at most 8).
         engine: ``"local"`` or ``"ray"`` (a Ray Data pipeline, see ``vizkit.mining.ray_engine``).
         resume: continue from ``out``'s checkpoint if there is one; ``False`` deletes it.
         checkpoint_every: seconds between checkpoints (0: after every chunk).
@@ -169,7 +169,7 @@ def mine(
         description: a note on the dataset kept in the index.
         ray_address: a Ray cluster (``ray.init(address=...)``; default ``$RAY_ADDRESS`` or a
             local one).
-        actors: Ray model actors (default: one per GPU, or ``workers``).
+        actors: Ray model actors (default: one per GPU; without GPUs, one per 8 CPUs).
 
     Raises:
         ValueError: unknown layer (lists valid ones), a layer without C×h×w maps, an empty
@@ -202,20 +202,18 @@ def mine(
             ckpt.unlink()
     workers = default_workers() if workers is None else int(workers)
     total = len(source)
-    stopped = False
     last = time.monotonic()
     results = None
     try:
         if engine == "ray":
             from vizkit.mining.ray_engine import ray_results
 
-            results = ray_results(m, job, workers=max(1, workers), actors=actors, address=ray_address)
+            results = ray_results(m, job, actors=actors, address=ray_address)
         else:
             results = _local_results(m, job, workers)
         for result in results:
             job.add(result)
             if progress is not None and progress(job.state.items, total) is False:
-                stopped = True
                 break
             if ckpt is not None and time.monotonic() - last >= checkpoint_every and job.todo():
                 job.save(ckpt)
@@ -225,12 +223,15 @@ def mine(
             job.save(ckpt)  # stopped, interrupted or failed: resume from here
         if hasattr(results, "close"):
             results.close()  # a generator: stops the DataLoader workers or the Ray pipeline
-    if job.state.readable == 0 and not stopped:
+    complete = not job.todo()  # a stop after the last chunk still completes
+    if job.state.readable == 0 and complete:
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
         reasons = "; ".join(f"{name or i}: {reason}" for i, name, reason in job.state.skipped[:3])
         raise ValueError(f"None of the {total} items could be read as an image ({reasons}).")
     settings = {"batch_size": batch_size, "input_size": m.input_size, "k": k}
-    index = job.index(complete=not stopped, description=description, settings=settings)
-    if stopped or out is None:
+    index = job.index(complete=complete, description=description, settings=settings)
+    if not complete or out is None:
         return index
     ix.write_index(index, out)
     ckpt.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 The pipeline is the local engine's, spread over a Ray cluster: a dataset of chunk numbers, a
 ``map`` that decodes each chunk in a Ray task (``load_image``'s checks, hashes, resizing), a
-``map_batches`` whose model-holding actors (one per GPU, or ``actors`` CPU actors) forward each
+``map_batches`` whose model-holding actors (one per GPU, or CPU actors) forward each
 chunk once and reduce it to its per-channel top-k, and the driver merging those top-ks as they
 stream in (memory: channels × k). A chunk is the same forward batch as locally, and the top-k
 order is total, so the index equals the local engine's. Checkpoints and resuming are the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -51,13 +52,15 @@ class ActorPlan:
 
 
 def actor_plan(cluster_cpus: float, cluster_gpus: float, actors: int | None) -> ActorPlan:
-    """One actor per GPU where there are GPUs; otherwise ``actors`` (default 1) CPU actors that
-    together hold at most half the CPUs, so decode tasks always have room."""
+    """Model actors and their resources: one per GPU where there are GPUs; otherwise ``actors``
+    CPU actors (default one per 8 CPUs) that together hold at most half the CPUs, so decode
+    tasks always have room. Ray takes fractions of one CPU, or whole CPUs."""
     if cluster_gpus >= 1:
         n = max(1, min(int(actors or cluster_gpus), int(cluster_gpus)))
         return ActorPlan(n, min(1.0, ACTOR_CPU_SHARE * cluster_cpus / n), 1.0)
-    n = max(1, int(actors or 1))
-    return ActorPlan(n, min(1.0, ACTOR_CPU_SHARE * cluster_cpus / n), 0.0)
+    n = max(1, int(actors or cluster_cpus // 8))
+    share = ACTOR_CPU_SHARE * cluster_cpus / n
+    return ActorPlan(n, float(math.floor(share)) if share >= 1 else share, 0.0)
 
 
 def _chunk_to_bytes(d: DecodedChunk) -> bytes:
@@ -131,7 +134,7 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
-def ray_results(m: LoadedModel, job, workers: int = 1, actors: int | None = None,
+def ray_results(m: LoadedModel, job, actors: int | None = None,
                 address: str | None = None) -> Iterator[ChunkResult]:
     """The chunk results of ``job``'s remaining chunks, mined by a Ray Data pipeline."""
     try:
@@ -147,7 +150,7 @@ def ray_results(m: LoadedModel, job, workers: int = 1, actors: int | None = None
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         resources = ray.cluster_resources()
-        plan = actor_plan(resources.get("CPU", 1.0), resources.get("GPU", 0.0), actors or workers)
+        plan = actor_plan(resources.get("CPU", 1.0), resources.get("GPU", 0.0), actors)
         with m.lock:
             module = m.module if m.device.type == "cpu" else copy.deepcopy(m.module).cpu()
             model_ref = ray.put((module, m.spec))
