@@ -87,6 +87,16 @@ def test_folder_index_names_files_and_matches_top_patches(tiny, tmp_path):
 
     for w in index.top("relu2", 2):
         assert w.content_hash == hashlib.sha256((folder / w.image).read_bytes()).hexdigest()
+    # the patches of a folder index come from its files, checked against their hashes
+    on_disk = ix.read_index(out)
+    got = on_disk.top_patches(tiny, "relu2", 2, projections=True)
+    want = top_patches(tiny, "relu2", 2, folder, k=5)
+    for a, b in [(got.patches, want.patches), (got.projections, want.projections)]:
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    first = folder / on_disk.top("relu2", 2)[0].image
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(first)
+    with pytest.raises(ix.StaleIndexError, match="changed since"):
+        on_disk.top_patches(tiny, "relu2", 2)
     assert not ix.checkpoint_path(out).exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
 

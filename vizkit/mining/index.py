@@ -139,7 +139,7 @@ class MiningIndex:
         Raises:
             StaleIndexError: an image is missing or no longer what was mined.
         """
-        from vizkit.core.images import ImageError, load_image
+        from vizkit.core.images import MAX_BYTES, ImageError, load_image
 
         kind = self.meta["dataset"]["kind"]
         out = []
@@ -147,7 +147,8 @@ class MiningIndex:
             if kind == "folder":
                 path = Path(self.meta["dataset"]["root"]) / w.image
                 try:
-                    data = path.read_bytes()
+                    with open(path, "rb") as fh:
+                        data = fh.read(MAX_BYTES + 1)  # load_image refuses anything longer
                 except OSError as error:
                     raise StaleIndexError(f"{w.image} of the mined folder cannot be read ({error})") from None
                 if hashlib.sha256(data).hexdigest() != w.content_hash:
