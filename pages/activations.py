@@ -20,7 +20,8 @@ ui.page_header(
     "Activations",
     "All channels of one layer for the picked image (Zeiler & Fergus 2013). Hover the grid for "
     "values; pick a channel to see its map over the image, its deconvnet projection and the "
-    "dataset patches that excite it most, each with its projection (their Fig. 2, live).",
+    "dataset patches that excite it most, each with its projection (their Fig. 2: from a mining "
+    "index when one fits the model's weights, otherwise ranked live).",
 )
 m, picked = ui.require_inputs()
 layer = ui.layer_picker(m, key="act_layer")
