@@ -191,7 +191,9 @@ def mine(
     ckpt = ix.checkpoint_path(out) if out is not None else None
     source = make_source(dataset, exclude=[p for p in (out, ckpt) if p is not None])
     shapes = layer_shapes(m, names)
-    key = {"model": m.spec.name, "weights_hash": weights_hash(m.module), "layers": names, "k": k,
+    with m.lock:
+        digest = weights_hash(m.module)
+    key = {"model": m.spec.name, "weights_hash": digest, "layers": names, "k": k,
            "batch_size": batch_size, "input_size": m.input_size, "dataset": source.fingerprint(),
            "items": len(source)}
     job = MiningJob(source, names, shapes, k, batch_size, key)
