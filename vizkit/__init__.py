@@ -25,6 +25,8 @@ from vizkit.methods.receptive_fields import receptive_field, summarize, summary_
 from vizkit.methods.style.transfer import style_transfer
 from vizkit.metrics.faithfulness import deletion_insertion
 from vizkit.metrics.sanity import sanity_check
+from vizkit.mining.engine import mine
+from vizkit.mining.index import read_index
 from vizkit.models.base import LoadedModel
 from vizkit.models.registry import list_models, load_model
 from vizkit.models.weights import WeightsError
@@ -34,6 +36,6 @@ __all__ = [
     "activations", "cam", "correspondence", "deconvnet", "deletion_insertion", "feature_evolution",
     "filter_grid", "filter_weights", "grad_cam", "grad_cam_pp", "guided_backprop", "invariance",
     "layer_features", "linear_probes", "list_models", "load_image", "load_model", "maximize_activation",
-    "occlusion", "patch_grid", "predict", "receptive_field", "safe_filename", "saliency", "sanity_check",
-    "style_transfer", "summarize", "summary_table", "to_png_bytes", "top_patches",
+    "mine", "occlusion", "patch_grid", "predict", "read_index", "receptive_field", "safe_filename",
+    "saliency", "sanity_check", "style_transfer", "summarize", "summary_table", "to_png_bytes", "top_patches",
 ]

@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "weights": ("weights", "import or check model weights"),
     "top-patches": ("top_patches", "top-k dataset patches of a unit, with deconvnet projections"),
+    "mine": ("mine", "every channel's top-k images over a dataset in one pass (a resumable index)"),
     "style": ("style", "neural style transfer of CONTENT in the style of STYLE"),
     "occlusion": ("occlusion", "occlusion heatmap of an image"),
     "evolution": ("evolution", "feature evolution over the bundled training snapshots"),

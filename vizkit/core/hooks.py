@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -116,11 +116,13 @@ def capture_outputs(
     *,
     detach: bool = False,
     stop: bool = False,
+    first: bool = False,
+    reduce: Callable[[torch.Tensor], object] | None = None,
 ) -> Iterator[Captured]:
     """Records the outputs of ``layers`` during forward passes run inside the block.
 
     A module called several times per forward (torchvision ResNet reuses one ReLU per block)
-    keeps its last call; ``captured.calls`` says how many there were.
+    keeps its last call, or its first with ``first``; ``captured.calls`` says how many there were.
 
     Args:
         module: the model.
@@ -131,6 +133,10 @@ def capture_outputs(
             overwrite it.
         stop: abort the forward once every layer has run (the block's forward call then
             returns early, without logits; the exception does not leave the block).
+        first: keep each layer's first call, so several layers captured in one forward get
+            the same outputs as each captured alone with ``stop`` (mining relies on it).
+        reduce: store ``reduce(output.detach())`` instead of the output (e.g. each channel's
+            maximum), so a wide layer's maps are never kept; implies a detached result.
     """
     names = list(dict.fromkeys(layers))
     targets = [(name, find_layer(module, name)) for name in names]
@@ -141,7 +147,12 @@ def capture_outputs(
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"Layer {name!r} returns {type(output).__name__}, not a tensor.")
             captured.calls[name] = captured.calls.get(name, 0) + 1
-            if detach:
+            if first and captured.calls[name] > 1:
+                result = None
+            elif reduce is not None:
+                captured[name] = reduce(output.detach())
+                result = None
+            elif detach:
                 captured[name] = output.detach().clone()
                 result = None
             else:

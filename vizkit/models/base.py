@@ -13,6 +13,16 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
+    """A uint8 H×W×3 image resized to size×size (antialiased), as every model sees its input.
+
+    A plain function, so data-loader workers resize exactly as ``LoadedModel.resize`` does.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    resized = TF.resize(tensor, [size, size], antialias=True)
+    return resized.permute(1, 2, 0).contiguous().numpy()
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What vizkit needs to know about one model.
@@ -64,10 +74,7 @@ class LoadedModel:
 
     def resize(self, img: np.ndarray) -> np.ndarray:
         """The uint8 H×W×3 image exactly as the model sees it (for overlays)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-        size = [self.spec.input_size, self.spec.input_size]
-        resized = TF.resize(tensor, size, antialias=True)
-        return resized.permute(1, 2, 0).contiguous().numpy()
+        return resize_image(img, self.spec.input_size)
 
     def preprocess(self, img: np.ndarray) -> torch.Tensor:
         """RGB uint8 H×W×3 → normalized 1×3×S×S float tensor on the model's device."""
