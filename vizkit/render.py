@@ -94,16 +94,9 @@ def colorize(values: np.ndarray, cmap: str | None = None, signed: bool | None = 
         signed = is_signed(v)
     if cmap is None:
         cmap = DIVERGING if signed else "jet"
-    gray = (normalize_map(v, signed) * 255).round().astype(np.uint8)
-    if cmap == DIVERGING:
-        bgr = cv2.applyColorMap(gray, _COOLWARM)
-    elif cmap not in COLORMAPS:
+    if cmap != DIVERGING and cmap not in COLORMAPS:
         raise ValueError(f"Unknown colormap {cmap!r}. Available: {', '.join([*COLORMAPS, DIVERGING])}.")
-    elif COLORMAPS[cmap] is None:
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    else:
-        bgr = cv2.applyColorMap(gray, COLORMAPS[cmap])
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return colorize_gray((normalize_map(v, signed) * 255).round().astype(np.uint8), cmap)
 
 
 def resize(img: np.ndarray, size: tuple[int, int], smooth: bool = True) -> np.ndarray:
@@ -191,11 +184,53 @@ def tile(images: Sequence[np.ndarray], cols: int | None = None, pad: int = 2, fi
 def channel_grid(
     maps: np.ndarray, cols: int | None = None, cmap: str = "viridis", pad: int = 1
 ) -> np.ndarray:
-    """All channels of a C×h×w activation as one picture, each channel normalized on its own."""
+    """All channels of a C×h×w activation as one picture, each channel normalized on its own.
+
+    The same picture as ``tile([colorize(m, cmap, signed=False) for m in maps], cols, pad)``,
+    built with one colormap lookup for the whole mosaic: a live stream redraws a 1280-channel
+    layer every frame, which one ``colorize`` call per channel made take most of a second.
+    """
     maps = np.asarray(maps)
     if maps.ndim != 3:
         raise ValueError(f"channel_grid needs C×h×w maps, got shape {maps.shape}.")
-    return tile([colorize(m, cmap, signed=False) for m in maps], cols=cols, pad=pad)
+    if len(maps) == 0:
+        raise ValueError("Nothing to tile.")
+    c, h, w = maps.shape
+    v = maps.astype(np.float64)
+    v = np.where(np.isfinite(v), v, np.nan)
+    flat = v.reshape(c, -1)
+    empty = np.all(np.isnan(flat), axis=1)
+    lo = np.where(empty, 0.0, np.nanmin(np.where(empty[:, None], 0.0, flat), axis=1))[:, None, None]
+    hi = np.where(empty, 0.0, np.nanmax(np.where(empty[:, None], 0.0, flat), axis=1))[:, None, None]
+    span = np.where(hi > lo, hi - lo, 1.0)
+    norm = np.where(hi > lo, (v - lo) / span, 0.0)
+    gray = (np.clip(np.where(np.isnan(norm), 0.0, norm), 0.0, 1.0) * 255).round().astype(np.uint8)
+    cols = cols or int(np.ceil(np.sqrt(c)))
+    rows = int(np.ceil(c / cols))
+    cells = np.zeros((rows * cols, h + pad, w + pad), np.uint8)
+    cells[:c, :h, :w] = gray
+    mosaic = cells.reshape(rows, cols, h + pad, w + pad).transpose(0, 2, 1, 3)
+    mosaic = mosaic.reshape(rows * (h + pad), cols * (w + pad))[:rows * (h + pad) - pad, :cols * (w + pad) - pad]
+    inside = np.zeros((rows * cols, h + pad, w + pad), bool)
+    inside[:c, :h, :w] = True
+    inside = inside.reshape(rows, cols, h + pad, w + pad).transpose(0, 2, 1, 3)
+    inside = inside.reshape(mosaic.shape[0] + pad, mosaic.shape[1] + pad)[:mosaic.shape[0], :mosaic.shape[1]]
+    out = colorize_gray(mosaic, cmap)
+    out[~inside] = 255
+    return out
+
+
+def colorize_gray(gray: np.ndarray, cmap: str) -> np.ndarray:
+    """A uint8 H×W map (already scaled to 0..255) through a colormap of ``COLORMAPS`` or coolwarm."""
+    if cmap == DIVERGING:
+        bgr = cv2.applyColorMap(gray, _COOLWARM)
+    elif cmap not in COLORMAPS:
+        raise ValueError(f"Unknown colormap {cmap!r}. Available: {', '.join([*COLORMAPS, DIVERGING])}.")
+    elif COLORMAPS[cmap] is None:
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    else:
+        bgr = cv2.applyColorMap(gray, COLORMAPS[cmap])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def draw_box(
