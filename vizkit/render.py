@@ -207,15 +207,18 @@ def channel_grid(
     gray = (np.clip(np.where(np.isnan(norm), 0.0, norm), 0.0, 1.0) * 255).round().astype(np.uint8)
     cols = cols or int(np.ceil(np.sqrt(c)))
     rows = int(np.ceil(c / cols))
+    height, width = rows * (h + pad) - pad, cols * (w + pad) - pad
+
+    def mosaic(cells: np.ndarray) -> np.ndarray:  # rows*cols cells of (h+pad)×(w+pad), cropped
+        grid = cells.reshape(rows, cols, h + pad, w + pad).transpose(0, 2, 1, 3)
+        return grid.reshape(rows * (h + pad), cols * (w + pad))[:height, :width]
+
     cells = np.zeros((rows * cols, h + pad, w + pad), np.uint8)
     cells[:c, :h, :w] = gray
-    mosaic = cells.reshape(rows, cols, h + pad, w + pad).transpose(0, 2, 1, 3)
-    mosaic = mosaic.reshape(rows * (h + pad), cols * (w + pad))[:rows * (h + pad) - pad, :cols * (w + pad) - pad]
-    inside = np.zeros((rows * cols, h + pad, w + pad), bool)
+    inside = np.zeros(cells.shape, bool)
     inside[:c, :h, :w] = True
-    inside = inside.reshape(rows, cols, h + pad, w + pad).transpose(0, 2, 1, 3)
-    inside = inside.reshape(mosaic.shape[0] + pad, mosaic.shape[1] + pad)[:mosaic.shape[0], :mosaic.shape[1]]
-    out = colorize_gray(mosaic, cmap)
+    gray, inside = mosaic(cells), mosaic(inside)
+    out = colorize_gray(np.ascontiguousarray(gray), cmap)
     out[~inside] = 255
     return out
 
@@ -367,4 +370,22 @@ def heatmap_figure(values: np.ndarray, title: str = "", signed: bool | None = No
     fig = go.Figure(go.Heatmap(z=v, hovertemplate="y=%{y}, x=%{x}<br>%{z:.4g}<extra></extra>", **kwargs))
     fig.update_yaxes(autorange="reversed", scaleanchor="x")
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=40 if title else 10, b=10), height=360)
+    return fig
+
+
+def class_timeline_figure(
+    times: Sequence[float], names: Sequence[str], probabilities: Sequence[float], title: str = ""
+) -> go.Figure:
+    """The top-1 class of each frame over time: one marker per frame, coloured by its probability."""
+    fig = go.Figure(go.Scatter(
+        x=list(map(float, times)), y=[str(n) for n in names], mode="markers+lines",
+        line=dict(width=1, color="lightgrey"),
+        marker=dict(size=8, color=list(map(float, probabilities)), colorscale="Viridis", cmin=0, cmax=1,
+                    colorbar=dict(title="p", thickness=12)),
+        customdata=list(map(float, probabilities)),
+        hovertemplate="t=%{x:.2f} s<br>%{y}<br>p=%{customdata:.1%}<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="top-1 class",
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      height=min(600, 160 + 22 * len(set(names))))
     return fig

@@ -144,5 +144,6 @@ def _structural_copy(module: nn.Module) -> nn.Module:
         for name, p in module._parameters.items()
     }
     new._buffers = {name: None if b is None else b.detach() for name, b in module._buffers.items()}
-    new._modules = {name: None if sub is None else _structural_copy(sub) for name, sub in module._modules.items()}
+    new._modules = {name: None if sub is None else _structural_copy(sub)
+                    for name, sub in module._modules.items()}
     return new

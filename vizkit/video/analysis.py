@@ -13,6 +13,7 @@ at the layer's resolution, a JPEG thumbnail), so memory grows with the frame cap
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
 from collections.abc import Callable
@@ -119,16 +120,21 @@ class ClipAnalysis:
             rows.append(row)
         return rows
 
+    def csv_text(self) -> str:
+        """``rows()`` as CSV text."""
+        rows = self.rows()
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["frame"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return text.getvalue()
+
     def write_csv(self, path: str | os.PathLike) -> Path:
         """Writes ``rows()`` as CSV (atomically: a hidden partial file, then a rename)."""
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")
-        rows = self.rows()
         try:
-            with open(partial, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["frame"])
-                writer.writeheader()
-                writer.writerows(rows)
+            partial.write_text(self.csv_text(), newline="")
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)

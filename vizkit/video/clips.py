@@ -234,7 +234,8 @@ class Clip:
             self._check_size(frame.width, frame.height)  # a stream may change size mid-way
             time_s = float(frame.time) if frame.time is not None else current / info.fps
             last_time = time_s
-            rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+            rgb = frame.reformat(width=width, height=height, format="rgb24",
+                                 interpolation="AREA").to_ndarray()
             yielded += 1
             yield Frame(index=current, time_s=time_s, image=rgb)
         if yielded == 0:

@@ -6,6 +6,11 @@
 arrived since the last call; only the newest is processed and the rest are counted as dropped,
 so the picture stays current however slow the view is (the frames never queue up).
 
+Dropping has to happen before the processor too: streamlit-webrtc relays the camera track
+through aiortc's ``MediaRelay``, whose default buffer per consumer grows without bound whenever
+the outgoing encoder is slower than the camera (the latency then grows by seconds).
+``NewestFrameRelay`` keeps only the newest frame per consumer; the page installs it.
+
 The processor must be given a ``LoadedModel.private_copy()``: the cached model's lock may be held
 for a minute by another tab's occlusion or style transfer, and the copy has its own.
 """
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+from aiortc.contrib.media import MediaRelay
 
 from vizkit import render
 from vizkit.models.base import LoadedModel
@@ -32,6 +39,21 @@ VIEWS = {
     "cam": "CAM of the top class (models with a global-average-pooling head)",
 }
 STATS_WINDOW_S = 2.0  # frames/s and latency are averaged over the last 2 s
+# Intra-op threads of the processing thread (torch.set_num_threads is per thread with OpenMP).
+# One: the stream's decoder and encoder need the other core, and two OpenMP threads that share
+# the CPU with another tab's computation slow down many times over (bench/live.py measures it).
+LIVE_THREADS = 1
+
+
+class NewestFrameRelay(MediaRelay):
+    """aiortc's ``MediaRelay`` without buffers: each consumer's ``recv`` gives the newest frame.
+
+    Frames that arrive while a consumer is busy are overwritten, not queued (``buffered=False``
+    for every subscription, whatever the caller asks).
+    """
+
+    def subscribe(self, track, buffered: bool = False):
+        return super().subscribe(track, buffered=False)
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,8 @@ class LiveStats:
     """The stream so far.
 
     Attributes:
-        processed: frames processed; ``dropped``: frames skipped because a newer one had arrived.
+        processed: frames processed; ``dropped``: camera frames never processed because a newer
+            one had arrived (estimated from the frames' timestamps and the camera's interval).
         fps: processed frames per second over the last ``STATS_WINDOW_S``.
         latency_ms: from a frame's arrival to its processed picture, averaged over the window
             (arrival on the camera's clock, aligned on the fastest frame seen; see ``LiveProcessor``).
@@ -131,13 +154,18 @@ class LiveProcessor:
     outgoing stream (at most one camera frame, 33 ms at 30 fps), encoding or the network.
     """
 
-    def __init__(self, model: LoadedModel | None = None, settings: LiveSettings | None = None):
+    def __init__(self, model: LoadedModel | None = None, settings: LiveSettings | None = None,
+                 threads: int | None = LIVE_THREADS):
         self.model = model
         self.settings = settings or LiveSettings()
+        self.threads = threads
         self.latest_image: np.ndarray | None = None
         self._lock = threading.Lock()
         self._processed = 0
-        self._dropped = 0
+        self._seen = 0
+        self._first_time: float | None = None
+        self._last_time: float | None = None
+        self._interval: float | None = None
         self._offset: float | None = None
         self._window: deque[tuple[float, float, float]] = deque()  # (done, latency, compute)
         self._error: str | None = None
@@ -146,16 +174,18 @@ class LiveProcessor:
 
     def recv(self, frame):
         """One frame in, one drawn frame out (streamlit-webrtc's synchronous path)."""
-        return self._process(frame, dropped=0)
+        return self._process([frame])
 
     async def recv_queued(self, frames):
         """Frames that arrived since the last call: the newest is drawn, the rest dropped."""
-        return [self._process(frames[-1], dropped=len(frames) - 1)]
+        return [self._process(frames)]
 
     # -----------------------------------------------------------------------------------------
 
     def process_image(self, img: np.ndarray, arrival: float | None = None) -> np.ndarray:
         """Draws one RGB frame with the current settings and records its timings."""
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # this thread only (OpenMP's per-thread setting)
         start = time.perf_counter()
         arrival = start if arrival is None else min(arrival, start)
         model, settings = self.model, self.settings
@@ -179,31 +209,50 @@ class LiveProcessor:
                 self._window.popleft()
         return out
 
-    def _process(self, frame, dropped: int):
+    def _process(self, frames):
         import av
 
+        frame = frames[-1]
         now = time.perf_counter()
         arrival = None
-        if frame.time is not None:
-            with self._lock:
-                self._dropped += dropped
+        with self._lock:
+            for f in frames:
+                self._count_camera_frame(f.time)
+            if frame.time is not None:
                 seen = now - float(frame.time)
                 self._offset = seen if self._offset is None else min(self._offset, seen)
                 arrival = float(frame.time) + self._offset
-        else:
-            with self._lock:
-                self._dropped += dropped
         out = self.process_image(frame.to_ndarray(format="rgb24"), arrival)
         new = av.VideoFrame.from_ndarray(out, format="rgb24")
         new.pts, new.time_base = frame.pts, frame.time_base
         new.opaque = frame.opaque  # benchmarks follow a frame through the stream with it
         return new
 
+    def _count_camera_frame(self, t: float | None) -> None:
+        """Keeps the camera's time span and frame interval (to count frames dropped upstream too)."""
+        self._seen += 1
+        if t is None:
+            return
+        t = float(t)
+        if self._last_time is not None and t > self._last_time:
+            gap = t - self._last_time
+            self._interval = gap if self._interval is None else min(self._interval, gap)
+        self._first_time = t if self._first_time is None else min(self._first_time, t)
+        self._last_time = t if self._last_time is None else max(self._last_time, t)
+
+    def _dropped(self) -> int:
+        """Camera frames never drawn: ``span / interval + 1`` minus those processed (or, without
+        timestamps, those handed over and skipped). Frames the relay overwrote count too."""
+        if self._interval and self._first_time is not None:
+            camera = round((self._last_time - self._first_time) / self._interval) + 1
+            return max(0, camera - self._processed)
+        return max(0, self._seen - self._processed)
+
     def stats(self) -> LiveStats:
         """A snapshot of the counters (safe from any thread)."""
         with self._lock:
             window = list(self._window)
-            processed, dropped, error = self._processed, self._dropped, self._error
+            processed, dropped, error = self._processed, self._dropped(), self._error
         if not window:
             return LiveStats(processed=processed, dropped=dropped, error=error)
         span = window[-1][0] - window[0][0]
