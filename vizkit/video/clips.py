@@ -240,6 +240,9 @@ class Clip:
             yield Frame(index=current, time_s=time_s, image=rgb)
         if yielded == 0:
             raise VideoError("The clip has no video frames.")
+        if info.frames and index < 0.95 * info.frames - 1:
+            self.notes.append(f"The clip ended after {index} of the {info.frames} frames it declares: "
+                              "it is probably truncated or damaged.")
 
     def close(self) -> None:
         self._container.close()

@@ -34,6 +34,8 @@ class FrameResult:
         maps: its C×h×w output (a vector output is C×1×1), as ``activations`` gives it.
         class_map: ``ReLU(Σ_k w_k A_k)`` at the CAM layer's resolution, for the top class.
         class_map_method: ``"grad_cam"``, ``"cam"`` or ``None``.
+        class_map_target: the class it explains: the logits' argmax, as ``grad_cam(target=None)``
+            picks it (``top[0]`` may differ only between classes of equal probability).
         features: layer name → its flattened output (``INPUT`` for the preprocessed image), for
             frame-to-frame similarity.
     """
@@ -43,6 +45,7 @@ class FrameResult:
     maps: np.ndarray | None = None
     class_map: np.ndarray | None = None
     class_map_method: str | None = None
+    class_map_target: int | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -101,7 +104,7 @@ def analyze_frame(
         probs = torch.softmax(logits.detach().float(), dim=1)[0].cpu()
         values, indices = probs.topk(min(top, probs.numel()))
         ranked = [(int(i), float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
-        target = ranked[0][0]
+        target = int(logits[0].argmax())
         heat = None
         if class_map == "grad_cam":
             act = _spatial(cam_layer, live[cam_layer])
@@ -132,7 +135,7 @@ def analyze_frame(
     return FrameResult(
         top=ranked, layer=layer, maps=maps,
         class_map=None if heat is None else heat.clamp(min=0).float().cpu().numpy(),
-        class_map_method=class_map, features=features,
+        class_map_method=class_map, class_map_target=target if class_map else None, features=features,
     )
 
 

@@ -184,21 +184,24 @@ class LiveProcessor:
 
     def process_image(self, img: np.ndarray, arrival: float | None = None) -> np.ndarray:
         """Draws one RGB frame with the current settings and records its timings."""
-        if self.threads is not None and torch.get_num_threads() != self.threads:
+        previous = torch.get_num_threads()
+        if self.threads is not None:
             torch.set_num_threads(self.threads)  # this thread only (OpenMP's per-thread setting)
         start = time.perf_counter()
         arrival = start if arrival is None else min(arrival, start)
         model, settings = self.model, self.settings
         error = None
-        if model is None:
-            out, error = img, "No model yet."
-        else:
-            try:
+        try:
+            if model is None:
+                out, error = img, "No model yet."
+            else:
                 out, _ = draw_view(model, img, settings)
-            except Exception as exc:  # noqa: BLE001 - the stream goes on; the page shows the message
-                out, error = img.copy(), str(exc) or type(exc).__name__
-                cv2.putText(out, error[:60], (6, img.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                            (255, 64, 64), 1, cv2.LINE_AA)
+        except Exception as exc:  # noqa: BLE001 - the stream goes on; the page shows the message
+            out, error = img.copy(), str(exc) or type(exc).__name__
+            cv2.putText(out, error[:60], (6, img.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        (255, 64, 64), 1, cv2.LINE_AA)
+        finally:
+            torch.set_num_threads(previous)
         done = time.perf_counter()
         with self._lock:
             self.latest_image = img
@@ -225,7 +228,6 @@ class LiveProcessor:
         out = self.process_image(frame.to_ndarray(format="rgb24"), arrival)
         new = av.VideoFrame.from_ndarray(out, format="rgb24")
         new.pts, new.time_base = frame.pts, frame.time_base
-        new.opaque = frame.opaque  # benchmarks follow a frame through the stream with it
         return new
 
     def _count_camera_frame(self, t: float | None) -> None:
