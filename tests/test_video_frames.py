@@ -15,6 +15,7 @@ from vizkit.methods.prediction import predict
 from vizkit.video.frames import INPUT, analyze_frame, cosine_similarity
 
 
+@pytest.mark.slow
 def test_every_part_equals_the_single_image_function(registry_model):
     m = registry_model
     img = random_image(40, 56, seed=3)  # not square, not the input size: preprocessing included
@@ -40,6 +41,7 @@ def test_every_part_equals_the_single_image_function(registry_model):
     assert hook_count(m.module) == 0
 
 
+@pytest.mark.slow
 def test_cam_equals_cam_or_fails_the_same_way(registry_model):
     m = registry_model
     img = random_image(32, 32, seed=4)
@@ -75,6 +77,7 @@ def test_cosine_similarity():
 # ---------------------------------------------------------------- private copies
 
 
+@pytest.mark.slow
 def test_private_copy_shares_weights_but_not_hooks_flags_or_lock(registry_model):
     m = registry_model
     c = m.private_copy()
@@ -100,6 +103,16 @@ def test_private_copy_shares_weights_but_not_hooks_flags_or_lock(registry_model)
     scale = float(np.abs(want.raw.numpy()).max()) or 1.0
     np.testing.assert_allclose(r.class_map, want.raw.numpy(), rtol=1e-4, atol=1e-5 * scale)
     assert not c.module.training
+
+
+def test_private_copy_on_the_tiny_model(tiny):
+    img = random_image(16, 16)
+    c = tiny.private_copy()
+    with capture_outputs(tiny.module, ["conv2"]):
+        r = analyze_frame(c, img, layer="conv2", class_map="cam")
+    want = cam(tiny, img)
+    np.testing.assert_allclose(r.class_map, want.raw.numpy(), rtol=1e-5, atol=1e-7)
+    assert hook_count(c.module) == 0 and hook_count(tiny.module) == 0
 
 
 def test_private_copy_sees_weights_loaded_later(tiny):
