@@ -17,6 +17,13 @@ from pages import _ui as ui
 from vizkit.video.live import VIEWS, LiveProcessor, LiveSettings, NewestFrameRelay
 
 
+def serving() -> bool:
+    """Whether a real Streamlit server runs this script (AppTest's stand-in has no sessions)."""
+    from streamlit.runtime import Runtime
+
+    return Runtime.exists() and hasattr(Runtime.instance(), "_session_mgr")
+
+
 def use_newest_frame_relay() -> None:
     """Makes streamlit-webrtc relay tracks without buffers (``NewestFrameRelay``, see its module).
 
@@ -54,6 +61,9 @@ with c3:
     opacity = st.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="live_opacity")
 settings = LiveSettings(view=view, layer=layer, channel=channel, opacity=opacity)
 
+if not serving():
+    st.info("The camera stream needs the app's server (`make run`); this run has none.")
+    st.stop()
 use_newest_frame_relay()
 ctx = webrtc_streamer(
     key="live",

@@ -10,7 +10,6 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.core.images import safe_filename
 from vizkit.video.analysis import ClipAnalysis, analyze_clip
 from vizkit.video.clips import VIDEO_TYPES, ClipLimits
 
@@ -148,11 +147,11 @@ st.subheader("Overlay video")
 if kept["video"]:
     st.video(kept["video"], format="video/webm")
     st.download_button("Download the overlay video (WebM)", data=kept["video"],
-                       file_name=safe_filename(f"overlay-{m.spec.name}", suffix=".webm"),
+                       file_name=f"overlay-{m.spec.name}.webm",
                        mime="video/webm", key="vid_dl", icon=":material/download:", on_click="ignore")
 else:
     st.caption("No overlay video: the analysis was stopped before the end.")
 if len(a):
     st.download_button("Download the per-frame table (CSV)", data=a.csv_text(),
-                       file_name=safe_filename(f"frames-{m.spec.name}", suffix=".csv"), mime="text/csv",
+                       file_name=f"frames-{m.spec.name}.csv", mime="text/csv",
                        key="vid_csv", icon=":material/download:", on_click="ignore")
