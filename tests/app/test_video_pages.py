@@ -54,16 +54,35 @@ def live_counter_above(n: int) -> str:
 def test_live_page_streams_processed_frames_from_the_fake_camera(page, server):
     if not CHROMIUM.is_file():
         pytest.skip("Chromium missing")
+    console: list[str] = []  # the component logs its WebRTC states: the diagnosis if no frame comes
+    page.on("console", lambda message: console.append(message.text[:200]))
     open_app(page, server, "live")
     page.get_by_text("Processed frames", exact=True).first.wait_for()
+    page.get_by_text("one channel of the layer over the frame").click()
+    page.get_by_text("Processed frames", exact=True).first.wait_for()
     page.frame_locator('iframe[title*="webrtc"]').first.get_by_role("button", name="START").click()
-    page.wait_for_function(live_counter_above(LIVE_FRAMES), polling=500)
+    try:
+        page.wait_for_function(live_counter_above(LIVE_FRAMES), polling=500)
+    except Exception as error:
+        raise AssertionError("no processed frames; the browser said:\n" + "\n".join(console)) from error
     assert page.locator('[data-testid="stException"]').count() == 0
     press(page, "Freeze")
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_text("camera", exact=True).wait_for()  # the sidebar's image caption
     assert sidebar.get_by_role("radio", name="Camera frame").is_checked()
+    page.locator('iframe[title*="webrtc"]').first.scroll_into_view_if_needed()
     finish(page, "live")
+
+
+def upload_and_analyse(page, server, path) -> None:
+    """Opens the video page, uploads ``path`` through the file chooser and presses Analyse."""
+    open_app(page, server, "video")
+    main = page.locator('[data-testid="stMain"]')
+    with page.expect_file_chooser() as chooser:
+        main.locator('[data-testid="stFileUploaderDropzone"]').first.click()
+    chooser.value.set_files(str(path))
+    main.get_by_text(path.name).wait_for()
+    press(page, "Analyse")
 
 
 @pytest.mark.browser
@@ -73,13 +92,8 @@ def test_video_page_analyses_an_upload_and_plays_the_overlay(page, server, tmp_p
         pytest.skip("Chromium missing")
     clip = tmp_path / "my-clip.webm"
     write_clip(clip, clip_frames(12, 72, 96), fps=6)
-    open_app(page, server, "video")
+    upload_and_analyse(page, server, clip)
     main = page.locator('[data-testid="stMain"]')
-    with page.expect_file_chooser() as chooser:
-        main.locator('[data-testid="stFileUploaderDropzone"]').first.click()
-    chooser.value.set_files(str(clip))
-    main.get_by_text("my-clip.webm").wait_for()
-    press(page, "Analyse")
     page.get_by_text("Frame-to-frame feature similarity").wait_for()
     video = main.locator("video").first
     video.wait_for()
@@ -97,13 +111,7 @@ def test_video_page_bad_clip_is_a_message(page, server, tmp_path):
         pytest.skip("Chromium missing")
     bad = tmp_path / "notes.mp4"
     bad.write_text("hello, this is not a video")
-    open_app(page, server, "video")
-    main = page.locator('[data-testid="stMain"]')
-    with page.expect_file_chooser() as chooser:
-        main.locator('[data-testid="stFileUploaderDropzone"]').first.click()
-    chooser.value.set_files(str(bad))
-    main.get_by_text("notes.mp4").wait_for()
-    press(page, "Analyse")
+    upload_and_analyse(page, server, bad)
     page.locator('[data-testid="stAlertContentError"]').get_by_text("not a video file").wait_for()
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator('[data-testid="stSidebar"]').get_by_text("Model", exact=True).count() >= 1

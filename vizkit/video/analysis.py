@@ -195,10 +195,7 @@ def analyze_clip(
                 if overlay == "channel":
                     if result.channel is None:
                         result.channel = int(np.argmax(r.channel_means))
-                    if not 0 <= result.channel < r.maps.shape[0]:
-                        raise ValueError(f"Channel {result.channel} is outside layer {layer!r}'s "
-                                         f"{r.maps.shape[0]} channels.")
-                    heat = r.maps[result.channel]
+                    heat = r.channel_map(result.channel)
                 else:
                     heat = r.class_map
                 for name, values in result.similarity.items():

@@ -52,6 +52,15 @@ class FrameResult:
     def top_class(self) -> int:
         return self.top[0][0]
 
+    def channel_map(self, channel: int) -> np.ndarray:
+        """Channel ``channel`` of ``maps`` (h×w); an index outside the layer names its size."""
+        if self.maps is None:
+            raise ValueError("No layer was asked for: pass layer= to analyze_frame.")
+        if not 0 <= channel < self.maps.shape[0]:
+            raise ValueError(f"Channel {channel} is outside layer {self.layer!r}'s "
+                             f"{self.maps.shape[0]} channels.")
+        return self.maps[channel]
+
     @property
     def channel_means(self) -> np.ndarray:
         """Per-channel spatial mean of ``maps`` (the ``mean`` of ``activations``)."""

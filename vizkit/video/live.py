@@ -105,13 +105,7 @@ def draw_view(m: LoadedModel, img: np.ndarray, settings: LiveSettings) -> tuple[
         grid = render.channel_grid(result.maps, pad=1)
         out = _letterbox(grid, (h, w))
     else:
-        if view == "channel":
-            if not 0 <= settings.channel < result.maps.shape[0]:
-                raise ValueError(f"Channel {settings.channel} is outside layer {layer!r}'s "
-                                 f"{result.maps.shape[0]} channels.")
-            heat = result.maps[settings.channel]
-        else:
-            heat = result.class_map
+        heat = result.channel_map(settings.channel) if view == "channel" else result.class_map
         out = render.overlay(img, upsample(heat, (h, w)), settings.opacity, "jet")
     _draw_top(out, [(m.classes[c], p) for c, p in result.top])
     return out, result
