@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vizkit.core.hooks import capture_outputs, find_layer, preserve_state
+from vizkit.core.hooks import capture_outputs, preserve_state
 from vizkit.methods.class_maps import _gap_linear_head
 from vizkit.models.base import LoadedModel
 
@@ -98,14 +98,11 @@ def analyze_frame(
         raise ValueError(f"Unknown class map {class_map!r}; use one of {', '.join(CLASS_MAPS)}.")
     cam_layer = m.spec.cam_layer if class_map else None
     hooked = [name for name in feature_layers if name != INPUT]
-    for name in (layer, cam_layer, *hooked):
-        if name is not None:
-            find_layer(m.module, name)
     detached = list(dict.fromkeys(n for n in (layer, *hooked) if n is not None))
     if class_map == "cam":
         detached = list(dict.fromkeys([*detached, cam_layer]))
     graph = [cam_layer] if class_map == "grad_cam" else []
-    with m.lock, preserve_state(m.module), torch.set_grad_enabled(bool(graph)):
+    with m.lock, preserve_state(m.module), torch.enable_grad() if graph else torch.inference_mode():
         with capture_outputs(m.module, detached, detach=True) as acts, \
                 capture_outputs(m.module, graph) as live:
             x = m.preprocess(img)
