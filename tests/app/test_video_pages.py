@@ -43,6 +43,40 @@ def test_video_page_asks_for_a_clip(bundled_ready):
     assert any("Upload a clip" in i.value for i in at.info)
 
 
+@pytest.mark.slow
+def test_video_page_analyses_an_upload(bundled_ready, tmp_path):
+    clip = tmp_path / "clip.webm"
+    write_clip(clip, clip_frames(8, 48, 64), fps=4)
+    at = open_page("video")
+    at.file_uploader(key="vid_upload").upload("clip.webm", clip.read_bytes(), "video/webm")
+    at.run()
+    at.button(key="vid_go").click().run()
+    assert_clean(at)
+    assert next(m.value for m in at.metric if m.label == "Frames analysed") == "8"
+    kept = at.session_state["vid_result"]
+    assert len(kept["analysis"]) == 8 and kept["video"][:4] == b"\x1a\x45\xdf\xa3"  # WebM
+    assert len(at.get("plotly_chart")) == 5  # classes, channels, similarity ×2, top-5
+    at.slider(key="vid_frame").set_value(5).run()
+    assert_clean(at)
+    assert any("Top-5 at frame 5" in c.proto.spec for c in at.get("plotly_chart"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "data", "words"), [
+    ("notes.mp4", b"hello, I am a text file renamed to .mp4\n" * 5, "not a video file"),
+    ("empty.webm", b"", "empty"),
+    ("cut.webm", b"\x1a\x45\xdf\xa3" + bytes(300), "damaged or truncated"),
+])
+def test_video_page_bad_clips_are_messages(bundled_ready, name, data, words):
+    at = open_page("video")
+    at.file_uploader(key="vid_upload").upload(name, data, "video/mp4")
+    at.run()
+    at.button(key="vid_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(words in e.value for e in at.error), [e.value for e in at.error]
+    assert "vid_result" not in at.session_state
+
+
 def live_counter_above(n: int) -> str:
     return f"""() => Array.from(document.querySelectorAll('[data-testid="stMetric"]')).some(m =>
         m.innerText.startsWith('Processed frames\\n') &&
