@@ -103,8 +103,10 @@ def live_stats() -> None:
     latency = stats.latency_ms if stats else math.nan
     cols[2].metric("Latency", "–" if math.isnan(latency) else f"{latency:.0f} ms",
                    help="From a frame's arrival at the server to its processed picture, averaged "
-                        "over 2 s: the wait for the newest frame plus the model and drawing. "
-                        "Encoding and the network add a few tens of ms.")
+                        "over 2 s: the wait for the worker plus the model and drawing. The picture "
+                        "then goes back with the next camera frame (at most 33 ms later at 30 "
+                        "frames/s), is encoded and crosses the network; bench/live.py measures "
+                        "all of the server's part.")
     compute = stats.compute_ms if stats else math.nan
     cols[3].metric("Model + drawing", "–" if math.isnan(compute) else f"{compute:.0f} ms")
     cols[4].metric("Dropped frames", stats.dropped if stats else 0,
