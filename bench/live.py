@@ -128,10 +128,15 @@ async def stream(processor: TracedProcessor, relay: MediaRelay, seconds: float, 
 
 def run(processor: TracedProcessor, relay: MediaRelay, seconds: float, warmup: float = 2.0,
         before_stop=None) -> dict:
-    return asyncio.run(stream(processor, relay, seconds, warmup, before_stop))
+    try:
+        return asyncio.run(stream(processor, relay, seconds, warmup, before_stop))
+    except Exception as error:  # noqa: BLE001 - streamlit-webrtc ends a stream whose frame took > 10 s
+        return {"fps": float("nan"), "latency": [], "stats": processor.stats(), "failed": str(error)}
 
 
 def summary(name: str, r: dict) -> str:
+    if "failed" in r:
+        return f"{name:<44} the stream failed: {r['failed'][:90]}"
     lat = r["latency"]
     med = statistics.median(lat) if lat else float("nan")
     p90 = float(np.percentile(lat, 90)) if lat else float("nan")
