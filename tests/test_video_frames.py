@@ -48,7 +48,7 @@ def test_cam_equals_cam_or_fails_the_same_way(registry_model):
     try:
         want = cam(m, img)
     except ValueError:
-        with pytest.raises(ValueError, match="Use Grad-CAM instead"):
+        with pytest.raises(ValueError, match="Use grad_cam instead"):
             analyze_frame(m, img, class_map="cam")
         return
     r = analyze_frame(m, img, class_map="cam")

@@ -56,7 +56,7 @@ def test_every_view_on_every_model(registry_model, view):
     stats = proc.stats()
     assert stats.processed == 1
     if view == "cam" and stats.error:  # models without a GAP + linear head: a message, not a crash
-        assert "Use Grad-CAM instead" in stats.error
+        assert "Use grad_cam instead" in stats.error
     else:
         assert stats.error is None
         assert not np.array_equal(out, img)  # something was drawn (at least the top-5)

@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from vizkit.core.hooks import capture_outputs, preserve_state
-from vizkit.methods.class_maps import _gap_linear_head
+from vizkit.methods.class_maps import cam_head
 from vizkit.models.base import LoadedModel
 
 ClassMap = Literal["grad_cam", "cam"]
@@ -120,12 +120,7 @@ def analyze_frame(
             heat = (alpha * act.detach()).sum(1)[0]
         elif class_map == "cam":
             act = _spatial(cam_layer, acts[cam_layer])
-            head = _gap_linear_head(m.module, act, logits)
-            if head is None:
-                raise ValueError(
-                    f"CAM needs a global-average-pooling + linear head fed by layer {cam_layer!r}; "
-                    f"{m.spec.name} has none there. Use Grad-CAM instead."
-                )
+            head = cam_head(m, act, logits, cam_layer)
             heat = torch.einsum("k,khw->hw", head.weight[target].detach(), act[0])
     maps = None
     if layer is not None:
