@@ -43,10 +43,12 @@ KEY_SCENE = "vk_scene"
 KEY_UPLOAD = "vk_upload"
 KEY_UPLOADED = "vk_uploaded"  # (file_id, image) of the last decoded upload
 KEY_RESULTS = "vk_results"
+KEY_FROZEN = "vk_frozen"  # the Picked frame the live page froze
 
 SOURCE_SAMPLE = "Sample image"
 SOURCE_SCENE = "Dataset scene"
 SOURCE_UPLOAD = "Upload"
+SOURCE_CAMERA = "Camera frame"
 
 USER_ERRORS = (ValueError, vk.ImageError, vk.WeightsError)
 log = logging.getLogger("vizkit.app")
@@ -228,10 +230,15 @@ def image_source(model_name: str) -> Picked | None:
     options = [SOURCE_SAMPLE, SOURCE_UPLOAD]
     if subset is not None:
         options.insert(1, SOURCE_SCENE)
+    frozen = st.session_state.get(KEY_FROZEN)
+    if frozen is not None:
+        options.append(SOURCE_CAMERA)
     if st.session_state.get(KEY_SOURCE) not in options:
         bundled = get_spec(model_name).bundled
         st.session_state[KEY_SOURCE] = SOURCE_SCENE if bundled and subset is not None else SOURCE_SAMPLE
     source = st.sidebar.radio("Image", options, key=KEY_SOURCE, horizontal=True)
+    if source == SOURCE_CAMERA and frozen is not None:
+        return frozen
     if source == SOURCE_SCENE and subset is not None:
         index = st.sidebar.number_input(
             f"Scene (0–{len(subset) - 1})", 0, len(subset) - 1, 0, key=KEY_SCENE,
@@ -271,6 +278,14 @@ def image_source(model_name: str) -> Picked | None:
     path = paths[names.index(name)]
     img = _sample(str(path), path.stat().st_mtime)
     return Picked(img, name, digest(img))
+
+
+def freeze_frame(img: np.ndarray | None) -> None:
+    """Keeps a camera frame as the sidebar's image (a button callback: runs before the rerun)."""
+    if img is None:
+        return
+    st.session_state[KEY_FROZEN] = Picked(img, "camera", digest(img))
+    st.session_state[KEY_SOURCE] = SOURCE_CAMERA
 
 
 def sidebar() -> None:

@@ -30,6 +30,9 @@ from vizkit.mining.index import read_index
 from vizkit.models.base import LoadedModel
 from vizkit.models.registry import list_models, load_model
 from vizkit.models.weights import WeightsError
+from vizkit.video.analysis import analyze_clip
+from vizkit.video.clips import VideoError, open_clip
+from vizkit.video.frames import analyze_frame
 
 __all__ = [
     "Activations", "Explanation", "ImageError", "LoadedModel", "WeightsError",
@@ -38,4 +41,5 @@ __all__ = [
     "layer_features", "linear_probes", "list_models", "load_image", "load_model", "maximize_activation",
     "mine", "occlusion", "patch_grid", "predict", "read_index", "receptive_field", "safe_filename",
     "saliency", "sanity_check", "style_transfer", "summarize", "summary_table", "to_png_bytes", "top_patches",
+    "VideoError", "analyze_clip", "analyze_frame", "open_clip",
 ]

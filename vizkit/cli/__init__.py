@@ -22,6 +22,7 @@ COMMANDS = {
     "correspondence": ("correspondence", "correspondence analysis on the bundled scenes"),
     "localization": ("localization", "pointing game of CAM, Grad-CAM, occlusion on bundled scenes"),
     "probes": ("probes", "layer-wise linear probes"),
+    "video": ("video", "a clip frame by frame: overlay video (Grad-CAM or a channel) and per-frame table"),
     "train": ("train", "train the bundled fashion-zf on FashionScenes, or re-measure it (--eval-only)"),
 }
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,7 @@ class LoadedModel:
     """A model ready for vizkit: module in eval mode on its device, plus its spec.
 
     ``lock`` serializes hook use: Streamlit shares one cached model across session threads.
+    Work that must not wait for it (a live stream) runs on a ``private_copy()``.
     """
 
     module: nn.Module
@@ -92,6 +95,24 @@ class LoadedModel:
         x = (x * std + mean).clamp(0, 1)
         return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
+    def private_copy(self) -> LoadedModel:
+        """This model for one thread that must never wait for ``lock`` (a live camera stream).
+
+        Everything that methods change while they hold the lock lives on module and parameter
+        objects: hooks, training and ``inplace`` flags, ``requires_grad``, ``.grad``. The copy has
+        its own of each (fresh, with no hooks, in eval mode, every parameter requiring grad as
+        loaded) and its own lock, so a long computation on the shared model (occlusion, style
+        transfer) cannot stall it and its hooks never fire in another thread's forward pass.
+        The weights themselves are shared, not copied: parameters and buffers of the copy are
+        views of the same storage, so a copy of VGG16 costs kilobytes, not 528 MB. That is safe
+        because no vizkit method writes weights in place on a shared model (the sanity check
+        randomizes a deep copy of its own).
+
+        The hook dictionaries of the original are never iterated, so copying while another
+        thread registers hooks is safe.
+        """
+        return LoadedModel(module=_structural_copy(self.module).eval(), spec=self.spec, device=self.device)
+
     def layers(self) -> list[str]:
         """Dotted names of the leaf and block modules, in forward-definition order."""
         return [name for name, _ in self.module.named_modules() if name]
@@ -110,3 +131,19 @@ class LoadedModel:
                 f"(0..{len(self.spec.classes) - 1})."
             )
         return int(target)
+
+
+def _structural_copy(module: nn.Module) -> nn.Module:
+    """New module objects (fresh hook dicts) over the same parameter and buffer storage."""
+    new = copy.copy(module)  # a new __dict__ (shallow), so no state below is shared by assignment
+    for key, value in list(new.__dict__.items()):
+        if "hook" in key and isinstance(value, dict):
+            new.__dict__[key] = OrderedDict()
+    new._parameters = {
+        name: None if p is None else nn.Parameter(p.detach(), requires_grad=True)
+        for name, p in module._parameters.items()
+    }
+    new._buffers = {name: None if b is None else b.detach() for name, b in module._buffers.items()}
+    new._modules = {name: None if sub is None else _structural_copy(sub)
+                    for name, sub in module._modules.items()}
+    return new
