@@ -43,7 +43,7 @@ TEXTURES = (textures.marble, textures.waves, textures.mosaic, textures.strokes)
 
 
 def photo_composites(classes: list[str], n: int = 200, size: int = 224, seed: int = 0,
-                     scale: tuple[float, float] = (0.3, 0.6)) -> Scenes:
+                     scale: tuple[float, float] = (0.4, 0.7)) -> Scenes:
     """``n`` composites, the objects in turn, each on a fresh texture.
 
     Args:
@@ -51,7 +51,8 @@ def photo_composites(classes: list[str], n: int = 200, size: int = 224, seed: in
         n: number of scenes.
         size: canvas side in pixels.
         seed: seeds textures, scales and positions.
-        scale: range of the pasted object's longer side, as a fraction of ``size``.
+        scale: range of the pasted object's longer side, as a fraction of ``size`` (from 0.4: a
+            smaller shuttle is narrower than one cell of the 7×7 map CAM and Grad-CAM upsample).
 
     Returns:
         ``Scenes`` whose labels are the objects' ImageNet classes and boxes the pasted rectangles.
