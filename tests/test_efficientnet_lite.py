@@ -252,8 +252,11 @@ def test_top_patches_over_a_folder_of_photos(lite0, tmp_path):
 
 @pytest.mark.slow
 def test_sanity_check_and_faithfulness_on_the_real_network(lite0, cat):
-    """Grad-CAM depends on the learned weights (Adebayo et al. 2018); CAM deletes the cat faster
-    and inserts it sooner than a map that ranks pixels at random (Petsiuk et al. 2018)."""
+    """Grad-CAM depends on the learned weights (Adebayo et al. 2018). CAM deletes the cat faster
+    than its own inverse (least important first), and inserts it sooner than a map ranking pixels
+    at random (Petsiuk et al. 2018). Measured: deletion 0.30 vs 0.62, insertion 0.62 vs 0.33.
+    (Random scattered black pixels delete faster than any map, and the cat fills the photo so
+    that inserting it from the edges is as fast: those comparisons would test nothing.)"""
     from vizkit.methods.class_maps import cam
     from vizkit.metrics.faithfulness import deletion_insertion
     from vizkit.metrics.sanity import sanity_check
@@ -261,7 +264,8 @@ def test_sanity_check_and_faithfulness_on_the_real_network(lite0, cat):
     result = sanity_check(lite0, cat, "grad_cam", 285)
     assert len(result.steps) > 30 and abs(result.final) < 0.5, result.correlations
     cam_curves = deletion_insertion(lite0, cat, cam(lite0, cat, 285).map, 285)
+    inverse_curves = deletion_insertion(lite0, cat, -cam(lite0, cat, 285).map, 285)
     noise = np.random.default_rng(0).random((224, 224)).astype(np.float32)
     random_curves = deletion_insertion(lite0, cat, noise, 285)
-    assert cam_curves.deletion_auc < random_curves.deletion_auc
-    assert cam_curves.insertion_auc > random_curves.insertion_auc
+    assert cam_curves.deletion_auc < inverse_curves.deletion_auc - 0.1
+    assert cam_curves.insertion_auc > random_curves.insertion_auc + 0.1
