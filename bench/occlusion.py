@@ -10,16 +10,16 @@ one then runs complete. Last line:
 
     speedup_exact: A max_rel_diff: B speedup_approx: C ssim: D
 
-    mac_limit: E (engine F)
+    mac_limit: E (forced incremental F)
 
 A, C: captum time / vizkit time; B: max |exact - captum| / max |captum|; D: SSIM of the
-approximate map against the exact one (scikit-image). E: the MAC-count limit of exact
-incremental inference, the multiply-accumulates of one full forward pass over those of one patch
-position when every layer computes only the box its input's change reaches (residual boxes
-merged); F: the same ratio for what the engine computes (it pads the boxes of one batch to a
-common geometry, and runs a layer in full once its box covers most of its map). Both are
-counted by PyTorch's FlopCounterMode over a complete exact run (``--no-macs`` skips it); no
-exact speed-up over captum, which runs full passes, can beat E by much.
+approximate map against the exact one (scikit-image). E: the MAC-count limit of the exact
+engine, the multiply-accumulates of one full forward pass over those the engine computes per
+patch position (boxes padded to one geometry per batch, a layer run in full once its box covers
+most of its map); F: the same with every layer kept incremental however large its box (below 1
+where halos and batch geometry outgrow the maps). Both are counted by PyTorch's FlopCounterMode
+over a complete exact run (``--no-macs`` skips it). They are not the ideal per-position limit
+(each layer's own changed box, no batching), which is lower in MACs.
 
 Times are CPU seconds of this process (``time.process_time``), not wall clock: on a shared
 CPU the wall clock mostly measures the other jobs. With one thread both are the same work.
@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.macs:
         full, ideal = macs_per_position(m, img, target, args.patch, args.stride, args.baseline, True)
         _, engine = macs_per_position(m, img, target, args.patch, args.stride, args.baseline, False)
-        print(f"MACs: full pass {full / 1e6:.1f} M; per position, boxes only {ideal / 1e6:.1f} M, "
-              f"as the engine computes {engine / 1e6:.1f} M")
-        limits = f" mac_limit: {full / ideal:.2f} (engine {full / engine:.2f})"
+        print(f"MACs: full pass {full / 1e6:.1f} M; per position as the engine computes "
+              f"{engine / 1e6:.1f} M, forced incremental {ideal / 1e6:.1f} M")
+        limits = f" mac_limit: {full / engine:.2f} (forced incremental {full / ideal:.2f})"
     print(f"speedup_exact: {captum_s / exact_s:.2f} max_rel_diff: {max_rel_diff:.2e} "
           f"speedup_approx: {captum_s / approx_s:.2f} ssim: {ssim:.3f}{limits}")
     return 0
