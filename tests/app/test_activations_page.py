@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from app_support import assert_clean, open_page
+from app_support import BUNDLED, assert_clean, open_page
 
 
 @pytest.mark.slow
 def test_activations_page_shows_a_channel_and_its_projection(bundled_ready):
     m = bundled_ready
-    at = open_page("activations")
+    at = open_page("activations", state=BUNDLED)
     assert_clean(at)
     assert not at.get("plotly_chart")  # nothing is computed before the button
     at.selectbox(key="act_layer_fashion-zf").set_value("features.relu3").run()

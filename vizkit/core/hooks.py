@@ -188,8 +188,9 @@ class _ModifiedRectifier(torch.autograd.Function):
     The gradient goes straight to the rectifier's input, bypassing its own backward.
 
     Guided backprop (Springenberg et al. 2015): ``grad_in = max(grad_out, 0) · 1[x in the
-    rectifier's linear range]``. Deconvnet (Zeiler & Fergus 2013): ``grad_in = max(grad_out, 0)``,
-    the backward signal rectified whatever the forward input was.
+    rectifier's linear range]``: ``x > 0`` for ReLU, ``0 < x < 6`` for ReLU6. Deconvnet (Zeiler &
+    Fergus 2013): ``grad_in = max(grad_out, 0)``, the backward signal rectified whatever the
+    forward input was (so also where ReLU6 saturated).
     """
 
     @staticmethod

