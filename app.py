@@ -20,6 +20,8 @@ PAGES = [
     ("filters.py", "Filters", ":material/filter:"),
     ("explorer.py", "Model explorer", ":material/account_tree:"),
     ("style_transfer.py", "Style transfer", ":material/palette:"),
+    ("live.py", "Live camera", ":material/videocam:"),
+    ("video.py", "Video", ":material/movie:"),
     # Zeiler & Fergus 2013's other analyses
     ("zf_evolution.py", "Z&F: feature evolution", ":material/timeline:"),
     ("zf_invariance.py", "Z&F: invariance", ":material/rotate_right:"),

@@ -10,8 +10,16 @@ one then runs complete. Last line:
 
     speedup_exact: A max_rel_diff: B speedup_approx: C ssim: D
 
+    mac_limit: E (forced incremental F)
+
 A, C: captum time / vizkit time; B: max |exact - captum| / max |captum|; D: SSIM of the
-approximate map against the exact one (scikit-image).
+approximate map against the exact one (scikit-image). E: the MAC-count limit of the exact
+engine, the multiply-accumulates of one full forward pass over those the engine computes per
+patch position (boxes padded to one geometry per batch, a layer run in full once its box covers
+most of its map); F: the same with every layer kept incremental however large its box (below 1
+where halos and batch geometry outgrow the maps). Both are counted by PyTorch's FlopCounterMode
+over a complete exact run (``--no-macs`` skips it). They are not the ideal per-position limit
+(each layer's own changed box, no batching), which is lower in MACs.
 
 Times are CPU seconds of this process (``time.process_time``), not wall clock: on a shared
 CPU the wall clock mostly measures the other jobs. With one thread both are the same work.
@@ -37,6 +45,33 @@ sys.path.insert(0, str(ROOT))
 from vizkit.core.images import load_image  # noqa: E402
 from vizkit.methods.occlusion.sensitivity import OcclusionRun, baseline_value, occlusion  # noqa: E402
 from vizkit.models.registry import load_model, weights_available  # noqa: E402
+
+
+def macs_per_position(m, img, target, patch, stride, baseline, boxes_only):
+    """Multiply-accumulates of one full pass, and of one position of an exact occlusion run.
+
+    ``boxes_only`` keeps every layer incremental however large its box (no full recompute).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vizkit.methods.occlusion import incremental
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        m.module(m.preprocess(img))
+    full = counter.get_total_flops() // 2
+    saved = incremental.FULL_FRACTION
+    counter = FlopCounterMode(display=False)
+    try:
+        if boxes_only:
+            incremental.FULL_FRACTION = math.inf
+        with counter:
+            result = occlusion(m, img, target=target, patch=patch, stride=stride, baseline=baseline,
+                               mode="exact")
+    finally:
+        incremental.FULL_FRACTION = saved
+    positions = result.info.total_positions
+    return full, (counter.get_total_flops() // 2 - full) / positions  # less the clean pass
 
 
 class _Enough(Exception):
@@ -78,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default=str(ROOT / "assets" / "samples" / "chelsea.png"))
     parser.add_argument("--baseline", default="mean")
     parser.add_argument("--ppe", default="1,16,64", help="captum perturbations_per_eval to try")
+    parser.add_argument("--no-macs", dest="macs", action="store_false",
+                        help="skip counting the MAC-count limit (two more exact runs)")
     parser.add_argument("--calibrate", type=int, default=64,
                         help="perturbed examples timed per ppe to pick the best (0: full runs)")
     args = parser.parse_args(argv)
@@ -139,8 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     max_rel_diff = float(np.abs(exact.map - reference).max() / np.abs(reference).max())
     span = float(exact.map.max() - exact.map.min()) or 1.0
     ssim = float(structural_similarity(approx.map, exact.map, data_range=span))
+    limits = ""
+    if args.macs:
+        full, ideal = macs_per_position(m, img, target, args.patch, args.stride, args.baseline, True)
+        _, engine = macs_per_position(m, img, target, args.patch, args.stride, args.baseline, False)
+        print(f"MACs: full pass {full / 1e6:.1f} M; per position as the engine computes "
+              f"{engine / 1e6:.1f} M, forced incremental {ideal / 1e6:.1f} M")
+        limits = f" mac_limit: {full / engine:.2f} (forced incremental {full / ideal:.2f})"
     print(f"speedup_exact: {captum_s / exact_s:.2f} max_rel_diff: {max_rel_diff:.2e} "
-          f"speedup_approx: {captum_s / approx_s:.2f} ssim: {ssim:.3f}")
+          f"speedup_approx: {captum_s / approx_s:.2f} ssim: {ssim:.3f}{limits}")
     return 0
 
 

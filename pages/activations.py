@@ -11,6 +11,7 @@ from vizkit import render
 from vizkit.methods.backprop import deconvnet
 from vizkit.methods.layer_activations import activations
 from vizkit.methods.patches import patch_grid, top_patches
+from vizkit.mining.index import index_for
 
 PAGE = "activations"
 GRID_CELLS = 250_000  # plotly heatmap cells above which channel maps are shrunk for the grid
@@ -19,7 +20,8 @@ ui.page_header(
     "Activations",
     "All channels of one layer for the picked image (Zeiler & Fergus 2013). Hover the grid for "
     "values; pick a channel to see its map over the image, its deconvnet projection and the "
-    "dataset patches that excite it most, each with its projection (their Fig. 2, live).",
+    "dataset patches that excite it most, each with its projection (their Fig. 2: from a mining "
+    "index when one fits the model's weights, otherwise ranked live).",
 )
 m, picked = ui.require_inputs()
 layer = ui.layer_picker(m, key="act_layer")
@@ -74,7 +76,57 @@ with right:
                    ui.safe_name("deconvnet", m.spec.name, acts.layer, channel), key="act_deconv")
 
 st.subheader("Top-9 dataset patches")
+
+
+def show_top9(found, caption: str, names: list[str] | None = None) -> None:
+    """Zeiler & Fergus Fig. 2: the patches and, when computed, their deconvnet projections."""
+    st.caption(caption)
+    left, right = st.columns(2)
+    with left:
+        ui.picture(patch_grid(found, "patches"), "Top patches, strongest first",
+                   ui.safe_name("top-patches", m.spec.name, acts.layer, channel), key="act_top9_patches")
+    with right:
+        if found.projections is not None:
+            ui.picture(patch_grid(found, "projections"), "Their deconvnet projections",
+                       ui.safe_name("top-projections", m.spec.name, acts.layer, channel), key="act_top9_proj")
+        elif found.projection_error:
+            st.info(f"No projections: {found.projection_error}")
+    labels = names or [f"#{int(i)}" for i in found.indices]
+    st.caption("Scenes (channel maximum): " + ", ".join(
+        f"{label} ({v:.3g})" for label, v in zip(labels, found.scores, strict=True)))
+
+
 scenes = ui.scenes()
+# A mining index of this model's exact weights (python -m vizkit mine) answers at once; without
+# one, or when its images changed, the dataset is ranked live below.
+index = ui.attempt(index_for, m, acts.layer)
+if index is not None:
+    images = scenes.images if scenes is not None else None
+    if ("index9", key) not in extra:
+        try:
+            extra[("index9", key)] = index.top_patches(m, acts.layer, channel, images=images)
+        except ValueError as exc:  # StaleIndexError: its images changed since it was mined
+            extra[("index9", key)] = str(exc)
+    found = extra[("index9", key)]
+    if isinstance(found, str):
+        st.caption(f"The mining index {index.path.name} does not fit ({found}); ranking live instead.")
+    else:
+        if found.projections is None and st.button("Compute their projections", key="act_index_proj"):
+            found = ui.attempt(index.top_patches, m, acts.layer, channel, images=images, projections=True)
+            if found is not None:
+                extra[("index9", key)] = found
+            found = extra[("index9", key)]
+        winners = index.top(acts.layer, channel)
+        rf = found.receptive_field
+        data = index.meta["dataset"]
+        show_top9(found, f"The {len(found.patches)} images (of {data['readable']}) where channel {channel} "
+                  f"fires most, from the mining index {index.path.name} (mined once for every channel: "
+                  f"`python -m vizkit mine`), cropped to the firing unit's {rf.size[0]}×{rf.size[1]} px "
+                  "receptive field; right: the deconvnet projection of that unit (Zeiler & Fergus 2013, "
+                  "Fig. 2), computed for these nine on request.",
+                  names=[w.image for w in winners] if data["kind"] == "folder" else None)
+        st.stop()
+
 if scenes is None:
     st.info("The bundled dataset subset (assets/fashion-scenes-subset.npz) is not here yet.")
     st.stop()
@@ -96,18 +148,6 @@ if found is None:
     st.caption("Press **Find top-9 patches** to search the bundled scenes for this channel.")
     st.stop()
 rf = found.receptive_field
-st.caption(f"The {len(found.patches)} scenes (of {count}) where channel {channel} fires most, cropped to "
-           f"the firing unit's {rf.size[0]}×{rf.size[1]} px receptive field; right: the deconvnet "
-           "projection of that unit (Zeiler & Fergus 2013, Fig. 2).")
-left, right = st.columns(2)
-with left:
-    ui.picture(patch_grid(found, "patches"), "Top patches, strongest first",
-               ui.safe_name("top-patches", m.spec.name, acts.layer, channel), key="act_top9_patches")
-with right:
-    if found.projections is not None:
-        ui.picture(patch_grid(found, "projections"), "Their deconvnet projections",
-                   ui.safe_name("top-projections", m.spec.name, acts.layer, channel), key="act_top9_proj")
-    else:
-        st.info(f"No projections: {found.projection_error or 'deconvnet is not available'}")
-winners = zip(found.indices, found.scores, strict=True)
-st.caption("Scenes (channel maximum): " + ", ".join(f"#{int(i)} ({v:.3g})" for i, v in winners))
+show_top9(found, f"The {len(found.patches)} scenes (of {count}) where channel {channel} fires most, "
+          f"cropped to the firing unit's {rf.size[0]}×{rf.size[1]} px receptive field; right: the deconvnet "
+          "projection of that unit (Zeiler & Fergus 2013, Fig. 2).")

@@ -123,6 +123,31 @@ def png_chunk_types(data: bytes) -> list[bytes]:
     return kinds
 
 
+def clip_frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """``n`` RGB frames of a moving, changing pattern (so consecutive frames differ)."""
+    base = random_image(h, w, seed)
+    return [np.roll(base, 3 * i, axis=1) // 2 + np.uint8((i * 37) % 128) for i in range(n)]
+
+
+def write_clip(path, frames, fps: float = 10, codec: str = "libvpx", container: str | None = None,
+               pix_fmt: str = "yuv420p") -> None:
+    """Encodes RGB ``frames`` with PyAV (``codec`` in ``container``, guessed from the suffix)."""
+    from fractions import Fraction
+
+    import av
+
+    out = av.open(str(path), mode="w", format=container)
+    stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+    h, w = frames[0].shape[:2] if len(frames) else (16, 16)
+    stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+    for img in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+
+
 # ---------------------------------------------------------------- the generic tests' one method table
 # captum's testing/attr/helpers/test_config.py, for vizkit: the hook, thread, interrupt and memory
 # tests all iterate method_cases(), built from the method registry, so a registered method is

@@ -3,18 +3,24 @@ and captum."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from captum.attr import Deconvolution, GuidedBackprop, NeuronDeconvolution, Saliency
+from torch import nn
 
 from support import HAND_CONV_B, HAND_CONV_W, HAND_FC_W, HAND_IMAGE, random_image, zoo_model
 from vizkit.core.hooks import FunctionalReLUError, find_layer, hook_count
+from vizkit.core.images import load_image
 from vizkit.methods.backprop import deconvnet, guided_backprop, saliency
 from vizkit.models.base import LoadedModel
 from vizkit.models.registry import load_model, weights_available
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # --- by hand -------------------------------------------------------------------------------
 
@@ -244,4 +250,65 @@ def test_deconvnet_matches_captum(name):
     ref = neuron.attribute(_input(m, img), neuron_selector=(channel, y, x)).detach()
     assert_close_rel(u.raw, u.info["activation"] * ref)
     assert_close_rel(u.map, (u.info["activation"] * ref)[0].abs().amax(0))
+    assert hook_count(m.module) == 0
+
+
+class _ReLU6Rule(torch.autograd.Function):
+    """The oracle, written apart from vizkit's hooks: ReLU6 forward, a rule's backward."""
+
+    @staticmethod
+    def forward(ctx, x, gate):
+        ctx.save_for_backward(x)
+        ctx.gate = gate
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad = grad.clamp(min=0)  # both rules rectify the backward signal
+        if ctx.gate == "linear":
+            grad = grad * ((x > 0) & (x < 6))
+        elif ctx.gate == "positive":
+            grad = grad * (x > 0)
+        return grad, None
+
+
+class _RuleModule(nn.Module):
+    def __init__(self, gate):
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, x):
+        return _ReLU6Rule.apply(x, self.gate)
+
+
+def _with_rule(module: nn.Module, gate: str | None) -> nn.Module:
+    net = copy.deepcopy(module)
+    for name, sub in list(net.named_modules()):
+        if isinstance(sub, nn.ReLU6):
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, child, _RuleModule(gate))
+    return net
+
+
+@pytest.mark.slow
+def test_relu6_rules_on_efficientnet_lite0():
+    """Deconvnet rectifies the backward signal; guided backprop also gates on 0 < x < 6. The
+    trained network on the cat photo saturates some ReLU6 units, so the upper gate matters."""
+    name = "efficientnet_lite0"
+    m = load_model(name, device="cpu") if weights_available(name) else zoo_model(name)
+    img = load_image(ROOT / "assets" / "samples" / "chelsea.png")
+    target = 285  # Egyptian cat
+    x = m.preprocess(img)
+
+    def oracle(gate):
+        xi = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(_with_rule(m.module, gate)(xi)[0, target], xi)
+        return g
+
+    guided = guided_backprop(m, img, target)
+    assert_close_rel(guided.raw, oracle("linear"))
+    relu_only = oracle("positive")  # a gate that forgets ReLU6's upper clip
+    assert not torch.allclose(guided.raw, relu_only, atol=1e-3 * float(relu_only.abs().max()))
+    assert_close_rel(deconvnet(m, img, target=target).raw, oracle(None))
     assert hook_count(m.module) == 0

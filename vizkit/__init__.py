@@ -26,16 +26,22 @@ from vizkit.methods.registry import MethodSpec, get_method, list_methods
 from vizkit.methods.style.transfer import style_transfer
 from vizkit.metrics.faithfulness import deletion_insertion
 from vizkit.metrics.sanity import sanity_check
+from vizkit.mining.engine import mine
+from vizkit.mining.index import read_index
 from vizkit.models.base import LoadedModel
 from vizkit.models.registry import list_models, load_model
 from vizkit.models.weights import WeightsError
+from vizkit.video.analysis import analyze_clip
+from vizkit.video.clips import VideoError, open_clip
+from vizkit.video.frames import analyze_frame
 
 __all__ = [
     "Activations", "Explanation", "ImageError", "LoadedModel", "MethodSpec", "WeightsError",
     "activations", "cam", "correspondence", "deconvnet", "deletion_insertion", "feature_evolution",
     "filter_grid", "filter_weights", "get_method", "grad_cam", "grad_cam_pp", "guided_backprop",
     "invariance", "layer_features", "linear_probes", "list_methods", "list_models", "load_image",
-    "load_model", "maximize_activation", "occlusion", "patch_grid", "predict", "receptive_field",
-    "safe_filename", "saliency", "sanity_check", "style_transfer", "summarize", "summary_table",
-    "to_png_bytes", "top_patches",
+    "load_model", "maximize_activation", "mine", "occlusion", "patch_grid", "predict", "read_index",
+    "receptive_field", "safe_filename", "saliency", "sanity_check", "style_transfer", "summarize",
+    "summary_table", "to_png_bytes", "top_patches",
+    "VideoError", "analyze_clip", "analyze_frame", "open_clip",
 ]

@@ -95,16 +95,9 @@ def colorize(values: np.ndarray, cmap: str | None = None, signed: bool | None = 
         signed = is_signed(v)
     if cmap is None:
         cmap = DIVERGING if signed else "jet"
-    gray = (normalize_map(v, signed) * 255).round().astype(np.uint8)
-    if cmap == DIVERGING:
-        bgr = cv2.applyColorMap(gray, _COOLWARM)
-    elif cmap not in COLORMAPS:
+    if cmap != DIVERGING and cmap not in COLORMAPS:
         raise ValueError(f"Unknown colormap {cmap!r}. Available: {', '.join([*COLORMAPS, DIVERGING])}.")
-    elif COLORMAPS[cmap] is None:
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    else:
-        bgr = cv2.applyColorMap(gray, COLORMAPS[cmap])
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return colorize_gray((normalize_map(v, signed) * 255).round().astype(np.uint8), cmap)
 
 
 def resize(img: np.ndarray, size: tuple[int, int], smooth: bool = True) -> np.ndarray:
@@ -192,11 +185,56 @@ def tile(images: Sequence[np.ndarray], cols: int | None = None, pad: int = 2, fi
 def channel_grid(
     maps: np.ndarray, cols: int | None = None, cmap: str = "viridis", pad: int = 1
 ) -> np.ndarray:
-    """All channels of a C×h×w activation as one picture, each channel normalized on its own."""
+    """All channels of a C×h×w activation as one picture, each channel normalized on its own.
+
+    The same picture as ``tile([colorize(m, cmap, signed=False) for m in maps], cols, pad)``,
+    built with one colormap lookup for the whole mosaic: a live stream redraws a 1280-channel
+    layer every frame, which one ``colorize`` call per channel made take most of a second.
+    """
     maps = np.asarray(maps)
     if maps.ndim != 3:
         raise ValueError(f"channel_grid needs C×h×w maps, got shape {maps.shape}.")
-    return tile([colorize(m, cmap, signed=False) for m in maps], cols=cols, pad=pad)
+    if len(maps) == 0:
+        raise ValueError("Nothing to tile.")
+    c, h, w = maps.shape
+    v = maps.astype(np.float64)
+    v = np.where(np.isfinite(v), v, np.nan)
+    flat = v.reshape(c, -1)
+    empty = np.all(np.isnan(flat), axis=1)
+    lo = np.where(empty, 0.0, np.nanmin(np.where(empty[:, None], 0.0, flat), axis=1))[:, None, None]
+    hi = np.where(empty, 0.0, np.nanmax(np.where(empty[:, None], 0.0, flat), axis=1))[:, None, None]
+    span = np.where(hi > lo, hi - lo, 1.0)
+    norm = np.where(hi > lo, (v - lo) / span, 0.0)
+    gray = (np.clip(np.where(np.isnan(norm), 0.0, norm), 0.0, 1.0) * 255).round().astype(np.uint8)
+    cols = cols or int(np.ceil(np.sqrt(c)))
+    rows = int(np.ceil(c / cols))
+    height, width = rows * (h + pad) - pad, cols * (w + pad) - pad
+
+    def mosaic(cells: np.ndarray) -> np.ndarray:  # rows*cols cells of (h+pad)×(w+pad), cropped
+        grid = cells.reshape(rows, cols, h + pad, w + pad).transpose(0, 2, 1, 3)
+        return grid.reshape(rows * (h + pad), cols * (w + pad))[:height, :width]
+
+    cells = np.zeros((rows * cols, h + pad, w + pad), np.uint8)
+    cells[:c, :h, :w] = gray
+    inside = np.zeros(cells.shape, bool)
+    inside[:c, :h, :w] = True
+    gray, inside = mosaic(cells), mosaic(inside)
+    out = colorize_gray(np.ascontiguousarray(gray), cmap)
+    out[~inside] = 255
+    return out
+
+
+def colorize_gray(gray: np.ndarray, cmap: str) -> np.ndarray:
+    """A uint8 H×W map (already scaled to 0..255) through a colormap of ``COLORMAPS`` or coolwarm."""
+    if cmap == DIVERGING:
+        bgr = cv2.applyColorMap(gray, _COOLWARM)
+    elif cmap not in COLORMAPS:
+        raise ValueError(f"Unknown colormap {cmap!r}. Available: {', '.join([*COLORMAPS, DIVERGING])}.")
+    elif COLORMAPS[cmap] is None:
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    else:
+        bgr = cv2.applyColorMap(gray, COLORMAPS[cmap])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def draw_box(
@@ -322,4 +360,22 @@ def heatmap_figure(values: np.ndarray, title: str = "", signed: bool | None = No
     fig = go.Figure(go.Heatmap(z=v, hovertemplate="y=%{y}, x=%{x}<br>%{z:.4g}<extra></extra>", **kwargs))
     fig.update_yaxes(autorange="reversed", scaleanchor="x")
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=40 if title else 10, b=10), height=360)
+    return fig
+
+
+def class_timeline_figure(
+    times: Sequence[float], names: Sequence[str], probabilities: Sequence[float], title: str = ""
+) -> go.Figure:
+    """The top-1 class of each frame over time: one marker per frame, coloured by its probability."""
+    fig = go.Figure(go.Scatter(
+        x=list(map(float, times)), y=[str(n) for n in names], mode="markers+lines",
+        line=dict(width=1, color="lightgrey"),
+        marker=dict(size=8, color=list(map(float, probabilities)), colorscale="Viridis", cmin=0, cmax=1,
+                    colorbar=dict(title="p", thickness=12)),
+        customdata=list(map(float, probabilities)),
+        hovertemplate="t=%{x:.2f} s<br>%{y}<br>p=%{customdata:.1%}<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="top-1 class",
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      height=min(600, 160 + 22 * len(set(names))))
     return fig

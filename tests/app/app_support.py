@@ -11,6 +11,10 @@ if str(ROOT) not in sys.path:  # `from pages import _ui` inside the app, as stre
     sys.path.insert(0, str(ROOT))
 
 
+# Tests of page behaviour on the bundled model seed it: photos open on efficientnet_lite0.
+BUNDLED = {"vk_model": "fashion-zf"}
+
+
 def open_page(page: str | None = None, timeout: float = 180, state: dict | None = None) -> object:
     """An AppTest of app.py after its first run, switched to ``pages/<page>.py`` and rerun.
 

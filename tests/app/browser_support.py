@@ -22,7 +22,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "docs" / "screenshots"
 ARTIFACTS = ROOT / "tests" / "app" / "artifacts"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               # the live page: Chromium's synthetic camera, allowed without a prompt
+               "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 TIMEOUT_MS = 240_000  # the CPU is shared; a page's first model call can take a while
 
 def free_port() -> int:

@@ -7,7 +7,8 @@ import ast
 import pytest
 
 import app
-from app_support import ROOT, assert_clean, open_page
+from app_support import BUNDLED, ROOT, assert_clean, open_page
+from vizkit.models.registry import get_spec
 
 PAGE_FILES = [file for file, _, _ in app.PAGES]
 
@@ -33,12 +34,40 @@ def test_every_page_renders_with_the_bundled_model(page, bundled_ready):
 
 
 def test_sidebar_shows_model_device_and_image_source(bundled_ready):
-    at = open_page()
+    at = open_page(state=BUNDLED)
     assert at.sidebar.selectbox(key="vk_model").value == "fashion-zf"
     assert any(f"Device: **{bundled_ready.device}**" in c.value for c in at.sidebar.caption)
+    assert any("not a photo model" in c.value for c in at.sidebar.caption)
     assert at.sidebar.radio(key="vk_source").options == ["Sample image", "Dataset scene", "Upload"]
     assert at.sidebar.radio(key="vk_source").value == "Dataset scene"  # the bundled model's domain
     assert len(at.sidebar.image) == 1
+
+
+@pytest.mark.slow
+def test_the_app_opens_the_cat_photo_on_a_real_imagenet_network():
+    """What `make run` shows first: chelsea on efficientnet_lite0, cat classes in its top 3."""
+    at = open_page()
+    assert_clean(at)
+    assert at.sidebar.selectbox(key="vk_model").value == "efficientnet_lite0"
+    assert at.sidebar.radio(key="vk_source").value == "Sample image"
+    assert at.sidebar.selectbox(key="vk_sample").value == "chelsea"
+    assert any("A real ImageNet network" in c.value for c in at.sidebar.caption)
+    assert at.metric[0].value in {"Egyptian cat", "tiger cat", "tabby"}
+    import json
+
+    bar = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert set(bar["y"][-3:]) <= {"Egyptian cat", "tiger cat", "tabby"}, bar["y"]
+
+
+def test_the_image_source_picks_the_model_trained_for_it(bundled_ready):
+    """Dataset scenes select fashion-zf; going back to a photo source selects efficientnet_lite0."""
+    at = open_page()
+    at.sidebar.radio(key="vk_source").set_value("Dataset scene").run()
+    assert at.session_state["vk_model"] == "fashion-zf"
+    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(state=BUNDLED)
+    at.sidebar.radio(key="vk_source").set_value("Upload").run()
+    assert at.session_state["vk_model"] == "efficientnet_lite0"
 
 
 @pytest.mark.slow
@@ -48,7 +77,10 @@ def test_a_zoo_model_without_weights_explains_how_to_get_them(bundled_ready):
     assert any("python -m vizkit weights import FILE --model vgg16" in w.value for w in at.sidebar.warning)
     options = at.sidebar.selectbox(key="vk_model").options
     assert options[0] == "fashion-zf (bundled, FashionScenes)"
-    assert all(o.endswith("weights missing") for o in options[1:])  # TORCH_HOME is empty in tests
+    import vizkit as vk
+
+    zoo = [o for o, n in zip(options, vk.list_models(), strict=True) if get_spec(n).weights_enum]
+    assert zoo and all(o.endswith("weights missing") for o in zoo)  # TORCH_HOME is empty in tests
     for page in PAGE_FILES:
         if page in ("home.py", "style_transfer.py"):  # style transfer has its own extractor, not the model
             continue

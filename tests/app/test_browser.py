@@ -47,7 +47,7 @@ def test_occlusion_with_an_uploaded_file(page, server, tmp_path):
 
 
 @pytest.mark.parametrize(("path", "button", "wait_text"), [
-    ("activations", "Show activations", "Top-9 dataset patches"),
+    ("activations", "Show activations", "from the mining index"),
     ("deconvnet", "Compute", "Explaining class"),
     ("cam", "Compute maps", "Most faithful here"),
     ("filters", None, "kernels of"),

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from app_support import assert_clean, open_page
+from app_support import BUNDLED, assert_clean, open_page
 
 
 @pytest.mark.slow
 def test_three_maps_with_curves_and_areas(bundled_ready):
     m = bundled_ready
-    at = open_page("cam")
+    at = open_page("cam", state=BUNDLED)
     assert_clean(at)
     at.select_slider(key="cam_steps").set_value(8).run()
     at.button(key="cam_go").click().run()

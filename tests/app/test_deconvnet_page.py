@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from app_support import assert_clean, open_page
+from app_support import BUNDLED, assert_clean, open_page
 
 
 @pytest.mark.slow
 def test_three_methods_and_their_sanity_scores(bundled_ready):
-    at = open_page("deconvnet")
+    at = open_page("deconvnet", state=BUNDLED)
     assert_clean(at)
     at.checkbox(key="dc_sanity").check().run()
     at.button(key="dc_go").click().run()
@@ -22,7 +22,7 @@ def test_three_methods_and_their_sanity_scores(bundled_ready):
 
 @pytest.mark.slow
 def test_unit_target_and_out_of_range_channel(bundled_ready):
-    at = open_page("deconvnet")
+    at = open_page("deconvnet", state=BUNDLED)
     at.radio(key="dc_kind").set_value("A layer's channel").run()
     at.selectbox(key="dc_layer_fashion-zf").set_value("features.relu2").run()
     number = at.number_input(key="dc_channel_features.relu2")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from app_support import assert_clean, open_page
+from app_support import BUNDLED, assert_clean, open_page
 
 
 @pytest.mark.slow
 def test_table_and_a_hand_checked_receptive_field(bundled_ready):
     m = bundled_ready
-    at = open_page("explorer")
+    at = open_page("explorer", state=BUNDLED)
     assert_clean(at)
     values = {x.label: x.value for x in at.metric}
     assert values["Parameters"] == f"{sum(p.numel() for p in m.module.parameters()):,}"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from app_support import assert_clean, open_page
+from app_support import BUNDLED, assert_clean, open_page
 
 
 @pytest.mark.slow
 def test_kernels_and_maximization(bundled_ready):
     m = bundled_ready
-    at = open_page("filters")
+    at = open_page("filters", state=BUNDLED)
     assert_clean(at)
     assert "features.conv1: 48 kernels of 5×5" in at.image[-1].proto.imgs[0].caption or any(
         "48 kernels of 5×5" in img.caption for el in at.image for img in el.proto.imgs)

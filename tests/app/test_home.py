@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from app_support import assert_clean, open_page
+from app_support import BUNDLED, assert_clean, open_page
 
 
 @pytest.mark.slow
 def test_home_shows_the_top5_of_a_plain_forward(bundled_ready):
     m = bundled_ready
-    at = open_page()
+    at = open_page(state=BUNDLED)
     assert_clean(at)
     from pages import _ui
 

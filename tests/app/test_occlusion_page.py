@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import vizkit as vk
-from app_support import ROOT, assert_clean, open_page
+from app_support import BUNDLED, ROOT, assert_clean, open_page
 
 
 @pytest.mark.slow
 def test_occlusion_on_a_sample_photo(bundled_ready):
     m = bundled_ready
-    at = open_page("occlusion", state={"vk_source": "Sample image", "vk_sample": "chelsea"})
+    at = open_page("occlusion", state={**BUNDLED, "vk_source": "Sample image", "vk_sample": "chelsea"})
     assert_clean(at)
     at.slider(key="occ_patch_64").set_value(16).run()
     at.slider(key="occ_stride_64_16").set_value(16).run()

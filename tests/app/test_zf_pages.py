@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from app_support import assert_clean, open_page
+from app_support import BUNDLED, assert_clean, open_page
 
 
 def _chart_data(at, index: int = 0) -> list[dict]:
@@ -19,7 +19,7 @@ def _chart_data(at, index: int = 0) -> list[dict]:
 @pytest.mark.slow
 def test_invariance_page_curves_start_at_zero_and_match_a_forward(bundled_ready):
     m = bundled_ready
-    at = open_page("zf_invariance")
+    at = open_page("zf_invariance", state=BUNDLED)
     assert_clean(at)
     at.radio(key="inv_transform").set_value("rotate")
     at.slider(key="inv_steps").set_value(5)
@@ -38,7 +38,7 @@ def test_invariance_page_curves_start_at_zero_and_match_a_forward(bundled_ready)
 
 @pytest.mark.slow
 def test_correspondence_page_computes_on_real_pairs(bundled_ready):
-    at = open_page("zf_correspondence")
+    at = open_page("zf_correspondence", state=BUNDLED)
     assert_clean(at)
     assert any("the occluded part" in c for img in at.image for c in img.captions)  # the preview
     at.slider(key="cor_n").set_value(20)
@@ -57,7 +57,7 @@ def test_correspondence_page_computes_on_real_pairs(bundled_ready):
 
 @pytest.mark.slow
 def test_probes_page_shows_accuracy_per_layer(bundled_ready):
-    at = open_page("zf_probes")
+    at = open_page("zf_probes", state=BUNDLED)
     assert_clean(at)
     at.select_slider(key="probe_n").set_value(200)
     at.select_slider(key="probe_test").set_value(200)
@@ -73,7 +73,7 @@ def test_probes_page_shows_accuracy_per_layer(bundled_ready):
 def test_evolution_page_shows_every_snapshot(bundled_ready):
     from vizkit.analyses.evolution import snapshot_paths
 
-    at = open_page("zf_evolution")
+    at = open_page("zf_evolution", state=BUNDLED)
     assert_clean(at)
     if not snapshot_paths():
         assert at.info

@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "weights": ("weights", "import or check model weights"),
     "top-patches": ("top_patches", "top-k dataset patches of a unit, with deconvnet projections"),
+    "mine": ("mine", "every channel's top-k images over a dataset in one pass (a resumable index)"),
     "style": ("style", "neural style transfer of CONTENT in the style of STYLE"),
     "occlusion": ("occlusion", "occlusion heatmap of an image"),
     "evolution": ("evolution", "feature evolution over the bundled training snapshots"),
@@ -21,6 +22,7 @@ COMMANDS = {
     "correspondence": ("correspondence", "correspondence analysis on the bundled scenes"),
     "localization": ("localization", "pointing game of CAM, Grad-CAM, occlusion on bundled scenes"),
     "probes": ("probes", "layer-wise linear probes"),
+    "video": ("video", "a clip frame by frame: overlay video (Grad-CAM or a channel) and per-frame table"),
     "train": ("train", "train the bundled fashion-zf on FashionScenes, or re-measure it (--eval-only)"),
 }
 
@@ -42,3 +44,23 @@ def main(argv: list[str] | None = None) -> int:
             command_module(name).add_arguments(cmd)
     args = parser.parse_args(argv)
     return int(command_module(args.command).run(args) or 0)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--weights`` and ``--device``, for the commands that run one model."""
+    parser.add_argument("--model", default="fashion-zf", help="registry model name")
+    parser.add_argument("--weights", default="default",
+                        help="'default', 'none' (random, seeded) or a weights file")
+    parser.add_argument("--device", default=None)
+
+
+def load_model_from(args: argparse.Namespace):
+    """The model ``add_model_arguments`` asked for (``--weights none``: random, seeded with 0)."""
+    import torch
+
+    from vizkit.models.registry import load_model
+
+    weights = None if args.weights == "none" else args.weights
+    if weights is None:
+        torch.manual_seed(0)
+    return load_model(args.model, device=args.device, weights=weights)

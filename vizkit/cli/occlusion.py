@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from vizkit.cli import add_model_arguments, load_model_from
 from vizkit.methods.occlusion.sensitivity import (
     MODES,
     Baseline,
@@ -16,9 +15,7 @@ from vizkit.methods.occlusion.sensitivity import (
 def add_arguments(parser) -> None:
     """``python -m vizkit occlusion IMAGE --model M --out OUT.png``."""
     parser.add_argument("image", help="input image file")
-    parser.add_argument("--model", default="fashion-zf", help="registry model name")
-    parser.add_argument("--weights", default="default",
-                        help="'default', 'none' (random, seeded) or a weights file")
+    add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="output PNG (heatmap over the image)")
     parser.add_argument("--target", type=int, default=None, help="class index (default: top)")
     parser.add_argument("--patch", type=int, default=16)
@@ -26,7 +23,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--baseline", default="mean",
                         help="mean, grey, zero, a grey level in [0, 1] or R,G,B")
     parser.add_argument("--mode", choices=MODES, default="exact")
-    parser.add_argument("--device", default=None)
 
 
 def _parse_baseline(text: str) -> Baseline:
@@ -44,12 +40,8 @@ def run(args) -> int:
 
     from vizkit import render
     from vizkit.core.images import load_image
-    from vizkit.models.registry import load_model
 
-    weights = None if args.weights == "none" else args.weights
-    if weights is None:
-        torch.manual_seed(0)
-    m = load_model(args.model, device=args.device, weights=weights)
+    m = load_model_from(args)
     img = load_image(args.image)
     result = occlusion(m, img, target=args.target, patch=args.patch, stride=args.stride,
                        baseline=_parse_baseline(args.baseline), mode=args.mode)

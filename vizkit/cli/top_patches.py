@@ -6,17 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from vizkit import render
+from vizkit.cli import add_model_arguments, load_model_from
 from vizkit.methods.patches import patch_grid, top_patches
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``python -m vizkit top-patches --model M --layer L --channel C [--images DIR] --out DIR``."""
-    parser.add_argument("--model", default="fashion-zf", help="registry model name")
-    parser.add_argument("--weights", default="default",
-                        help="'default', 'none' (random, seeded) or a weights file")
+    add_model_arguments(parser)
     parser.add_argument("--layer", required=True, help="dotted layer name, e.g. features.relu4")
     parser.add_argument("--channel", type=int, required=True)
     parser.add_argument("--images", default=None,
@@ -24,20 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for the PNGs")
     parser.add_argument("--k", type=int, default=9)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default=None)
 
 
 def run(args: argparse.Namespace) -> int:
     """Writes patch_NN.png, projection_NN.png and grid.png (no metadata) and prints the ranking."""
     from vizkit.data.scenes import bundled_subset
-    from vizkit.models.registry import load_model
     from vizkit.models.weights import WeightsError
 
     try:
-        weights = None if args.weights == "none" else args.weights
-        if weights is None:
-            torch.manual_seed(0)
-        m = load_model(args.model, device=args.device, weights=weights)
+        m = load_model_from(args)
         dataset = args.images if args.images is not None else bundled_subset()
         result = top_patches(m, args.layer, args.channel, dataset, k=args.k, batch_size=args.batch_size)
     except (ValueError, WeightsError, FileNotFoundError) as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vizkit.models import efficientnet_lite
 from vizkit.models.registry import get_spec, list_models, weights_available
 from vizkit.models.torchvision_zoo import import_zoo_weights
 from vizkit.models.weights import WeightsError, zoo_checkpoint_path
@@ -19,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     imp = sub.add_parser("import", help="copy a downloaded torchvision checkpoint into the torch cache")
     imp.add_argument("file", help="the checkpoint, e.g. alexnet-owt-7be5be79.pth")
-    imp.add_argument("--model", required=True, choices=[n for n in list_models() if not get_spec(n).bundled],
+    imp.add_argument("--model", required=True,
+                     choices=[n for n in list_models() if get_spec(n).weights_enum is not None],
                      help="registry name of the model the file belongs to")
     sub.add_parser("list", help="each model and whether its weights are available offline")
 
@@ -28,7 +30,13 @@ def _list() -> int:
     width = max(len(name) for name in list_models())
     for name in list_models():
         spec = get_spec(name)
-        where = spec.weights_file if spec.bundled else zoo_checkpoint_path(spec)
+        if spec.bundled:
+            where = spec.weights_file
+        elif spec.weights_package is not None:
+            hint = efficientnet_lite.install_hint(spec)
+            where = efficientnet_lite.weights_path(spec) or f"(not installed: {hint})"
+        else:
+            where = zoo_checkpoint_path(spec)
         state = "available" if weights_available(name) else "missing  "
         print(f"{name:<{width}}  {state}  {where}")
     return 0

@@ -9,6 +9,11 @@ rectifier passes the signal back (``vizkit.core.hooks.rectifier_override``):
   routes the signal through the forward pass's switches and convolutions apply their
   transposed filters — exactly what autograd does for those layers.
 
+ReLU6 (EfficientNet-Lite, MobileNet V2) clips at 6 as well as 0. Deconvnet rectifies only the
+backward signal, ``R_in = max(R_out, 0)``, whatever the forward input was; guided backprop also
+gates on the forward input lying in the linear range, ``R_in = max(R_out, 0) · 1[0 < x < 6]``
+(where ReLU6's own gradient is 1), so a saturated unit passes nothing back, as a dead one does.
+
 ``raw`` is the signed 1×3×S×S pixel-space signal; ``map`` reduces it to S×S as the largest
 absolute value over colour channels (Simonyan et al. 2014, section 3.1).
 """

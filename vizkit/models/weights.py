@@ -12,6 +12,7 @@ import hashlib
 import json
 import pickle
 import re
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -202,3 +203,31 @@ def zoo_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
             path.unlink(missing_ok=True)
             raise WeightsError(_offline_message(spec, path)) from error
     return read_state_dict(path)
+
+
+# Module → (fingerprint of its tensors' storage and in-place versions, hash). Hashing VGG16's
+# 528 MB takes about a second, and the app asks on every rerun; the versions change whenever a
+# tensor is modified in place (a training step, ``load_state_dict``), so a stale hash is never served.
+_WEIGHTS_HASHES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes and values, buffers included), hex.
+
+    Ties a result computed from weights, such as a mining index, to exactly those weights: any
+    retraining, fine-tuning or import gives another hash. Independent of the device.
+    """
+    state = module.state_dict(keep_vars=True)
+    tensors = [(name, t) for name, t in sorted(state.items()) if isinstance(t, torch.Tensor)]
+    fingerprint = tuple((name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype)) for name, t in tensors)
+    cached = _WEIGHTS_HASHES.get(module)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, t in tensors:
+        data = t.detach().cpu().contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}\n".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    value = digest.hexdigest()
+    _WEIGHTS_HASHES[module] = (fingerprint, value)
+    return value

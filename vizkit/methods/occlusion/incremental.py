@@ -10,6 +10,7 @@ same size for every position of the batch.
   outside its box and outside the map, so zero padding of the crop is exact.
 - Non-linear ops read the clean values under the box: ``f(c + d) - f(c)`` for element-wise
   activations, ``maxpool(c + d) - maxpool(c)`` with ``-inf`` beyond the map.
+- Zero padding modules (``nn.ZeroPad2d``: TF "SAME" padding) only move the box.
 - Residual add and concat take the union of their inputs' boxes.
 - Global average pooling and ``flatten`` turn the box into a whole change (:class:`Dense`),
   which linear layers, activations, add and concat carry on.
@@ -515,6 +516,13 @@ class IncrementalOcclusion:
             crop = crops[0]
             if isinstance(mod, _PASS_THROUGH) and not mod.training:
                 return dataclasses.replace(crop, owned=False)
+            if isinstance(mod, nn.ConstantPad2d) and mod.value == 0 and len(mod.padding) == 4 \
+                    and min(mod.padding) >= 0:
+                # Zero padding (TF "SAME", asymmetric): the padded cells are 0 occluded or not,
+                # so the change keeps its values and moves by the leading pad.
+                left, right, top, bottom = mod.padding
+                return Crop(crop.delta, crop.ys + top, crop.xs + left, crop.height + top + bottom,
+                            crop.width + left + right, owned=False)
             if isinstance(mod, nn.BatchNorm2d):
                 if mod.training or mod.running_var is None:
                     return None
