@@ -89,8 +89,8 @@ if go:
         data = ui.attempt(folder_probe_data, labelled_folder(folder))
     if data is not None:
         x_train, y_train, x_test, y_test, classes = data
-        result = ui.attempt(linear_probes, m, x_train, y_train, x_test, y_test, layers, classes,
-                            progress=progress)
+        result = ui.attempt(linear_probes, m, x_train, y_train, x_test, y_test, layers=layers,
+                            classes=classes, progress=progress)
         if result is not None:
             ui.store(PAGE, m, None, result)
     bar.empty()
