@@ -17,9 +17,17 @@ import vizkit.methods.occlusion.incremental as incremental
 import vizkit.methods.occlusion.sensitivity as sensitivity
 from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
 from vizkit.core.hooks import hook_count
+from vizkit.methods.occlusion.int8 import choose_arithmetic
 from vizkit.methods.occlusion.sensitivity import approximation_summary, baseline_value, occlusion, patch_grid
 from vizkit.models.base import LoadedModel
 from vizkit.models.registry import wrap_module
+
+
+@pytest.fixture
+def eight_bit(monkeypatch):
+    """Approximate mode in 8 bits wherever this CPU's products are exact (7-bit weights without
+    VNNI), whether or not 8 bits pay here: their accuracy is what is tested."""
+    monkeypatch.setattr(sensitivity, "ARITHMETIC", "8-bit")
 
 
 def resized(m: LoadedModel, size: int) -> LoadedModel:
@@ -190,7 +198,7 @@ def test_exact_equals_full_on_registry_model(registry_model):
 
 
 @pytest.mark.slow
-def test_approximate_stays_close_on_registry_model(registry_model):
+def test_approximate_stays_close_on_registry_model(registry_model, eight_bit):
     """Every registry model in approximate mode (8-bit changes) at 96 px: the drop grid and a deep
     feature's drop stay within a few percent of exact (measured: RMS at most 2.4% of the span,
     the largest error 7%)."""
@@ -421,7 +429,8 @@ def test_stopping_approximate_mode_interpolates_nothing():
     assert info["complete"] is False and info["interpolated"] == 0
     grid = info["probability_grid"]
     assert 20 <= info["evaluated"] == int((~np.isnan(grid)).sum()) < info["total_positions"]
-    assert approximation_summary(info) == "8-bit arithmetic on the changes"
+    assert approximation_summary(info) == (f"{info['arithmetic']} arithmetic on the changes "
+                                           f"({info['arithmetic_reason']})")
 
 
 def test_concurrent_calls_match_serial():
@@ -485,7 +494,7 @@ def test_drill_down_interpolates_a_smooth_map():
     assert np.abs(approx.raw.numpy() - exact.raw.numpy()).max() <= 0.05 * span
 
 
-def test_drill_down_evaluates_everything_when_the_map_is_speckle():
+def test_drill_down_evaluates_everything_when_the_map_is_speckle(eight_bit):
     """A random net on a random image: interpolating fails its own check, so every position is
     evaluated (in 8 bits: close to exact, not equal)."""
     m = all_ops_model(48)
@@ -504,7 +513,7 @@ def test_drill_down_evaluates_exact_values_where_it_looks(monkeypatch):
     """Without projective-field thresholding and 8 bits, every evaluated position is exact."""
 
     monkeypatch.setattr(sensitivity, "CAP_FRACTION", None)
-    monkeypatch.setattr(sensitivity, "QUANTIZED", False)
+    monkeypatch.setattr(sensitivity, "ARITHMETIC", "float32")
     m, img, logit = smooth_case(40)
     exact = occlusion(m, img, logit, patch=6, stride=2)
     seen = []
@@ -521,7 +530,7 @@ def test_drill_down_evaluates_exact_values_where_it_looks(monkeypatch):
 
 
 @pytest.mark.slow
-def test_approximate_is_close_to_exact_on_a_zoo_model():
+def test_approximate_is_close_to_exact_on_a_zoo_model(eight_bit):
     """8-bit changes on VGG16 at 96 px (no drill-down on a 9×9 grid): errors a few percent of
     the map's span, the picture the same (SSIM), and measurably not the float32 path."""
     from skimage.metrics import structural_similarity
@@ -539,6 +548,30 @@ def test_approximate_is_close_to_exact_on_a_zoo_model():
     assert structural_similarity(approx.map, exact.map, data_range=np.ptp(exact.map)) >= 0.9
 
 
+def test_approximate_mode_says_which_arithmetic_it_used():
+    """Approximate mode runs what choose_arithmetic picked for this CPU and says so; in float32
+    (CPUs where 8 bits are not exact or do not pay) every evaluated position is exact mode's."""
+    chosen = choose_arithmetic(torch.device("cpu"))
+    m = all_ops_model(40)
+    img = random_image(40, 40, seed=5)
+    logit = lambda logits: logits[:, 1]
+    exact = occlusion(m, img, logit, patch=6, stride=2)
+    approx = occlusion(m, img, logit, patch=6, stride=2, mode="approximate")
+    info = approx.info
+    assert (info["arithmetic"], info["arithmetic_reason"]) == (chosen.name, chosen.reason)
+    assert info["quantized"] == (chosen.name == "8-bit")
+    assert f"{chosen.name} arithmetic on the changes ({chosen.reason})" in approximation_summary(info)
+    assert exact.info["arithmetic"] == "float32" and approximation_summary(exact.info) is None
+    ours, reference = info["probability_grid"], exact.info["probability_grid"]
+    evaluated = ~np.isnan(ours)
+    assert evaluated.any()
+    if chosen.name == "float32":
+        assert np.allclose(ours[evaluated], reference[evaluated], rtol=1e-5, atol=1e-6)
+    else:
+        span = np.ptp(reference)
+        assert 0 < np.abs(ours - reference)[evaluated].max() <= 0.05 * span
+
+
 def test_approximate_without_8_bit_kernels_runs_in_float(monkeypatch):
     """Where oneDNN's quantized kernels are missing, approximate mode still runs (float32)."""
     monkeypatch.setattr(incremental, "available", lambda device: False)
@@ -547,6 +580,7 @@ def test_approximate_without_8_bit_kernels_runs_in_float(monkeypatch):
     logit = lambda logits: logits[:, 1]
     approx = occlusion(m, img, logit, patch=6, stride=3, mode="approximate")
     assert approx.info["quantized"] is False and approx.info["approximate"] is True
+    assert approx.info["arithmetic"] == "float32" and "not available" in approx.info["arithmetic_reason"]
     assert not np.isnan(approx.map).any()
 
 
@@ -591,7 +625,7 @@ def test_interpolation_uses_every_known_cell_and_reproduces_a_plane():
     assert np.array_equal(_interpolate(line, ~np.isnan(line)), np.array([[1.0, 2.0, 3.0]] * 3))
 
 
-def test_approximate_map_looks_like_the_exact_one_on_the_trained_model(fashion):
+def test_approximate_map_looks_like_the_exact_one_on_the_trained_model(fashion, eight_bit):
     """SSIM of approximate vs exact, on the trained bundled model (its maps have structure)."""
     from skimage.metrics import structural_similarity
 
@@ -638,7 +672,8 @@ def test_cli_says_how_an_approximate_map_was_made(tmp_path, capsys):
     assert main(["occlusion", str(src), "--model", "fashion-zf", "--out", str(out), "--patch", "8",
                  "--stride", "4", "--mode", "approximate"]) == 0
     printed = capsys.readouterr().out
-    assert "approximate: 8-bit arithmetic on the changes" in printed
+    chosen = choose_arithmetic(torch.device("cpu"))  # probed once per process: the CLI's too
+    assert f"approximate: {chosen.name} arithmetic on the changes ({chosen.reason})" in printed
     assert ("interpolated (checked error" in printed) != ("every position evaluated" in printed)
 
 

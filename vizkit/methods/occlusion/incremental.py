@@ -181,6 +181,7 @@ class IncrementalOcclusion:
         watch: str | None = None,
         cap_fraction: float | None = None,
         quantized: bool = False,
+        weight_levels: int = 127,
     ):
         self.module = module
         self.graph = traced_graph(module)
@@ -188,7 +189,7 @@ class IncrementalOcclusion:
         self.submodules = dict(module.named_modules())
         self.watch = watch
         self.cap_fraction = cap_fraction
-        self.int8 = Int8Kernels() if quantized and available(x.device) else None
+        self.int8 = Int8Kernels(weight_levels) if quantized and available(x.device) else None
         self.full_fraction = math.inf if self.int8 is not None else FULL_FRACTION
         self.depends = self._input_dependence()
         self.clean: dict[fx.Node, torch.Tensor] = {}

@@ -10,11 +10,12 @@ Three modes compute the same thing:
 - ``"exact"`` (default): incremental inference (Krypton, Nakandala et al. 2019, see
   :mod:`vizkit.methods.occlusion.incremental`): only the patch's projective field is recomputed per position.
 - ``"full"``: one full forward pass per position (batched), the reference.
-- ``"approximate"``: convolutions and linear layers act on the change in 8 bits
-  (:mod:`vizkit.methods.occlusion.int8`, CPU), and a self-checking adaptive drill-down (every other position
-  plus a sample of the rest first; if interpolating the coarse grid predicts the sample, only the
-  most sensitive positions are evaluated and the rest interpolated, otherwise all are);
-  ``info["approximate"]`` is True.
+- ``"approximate"``: convolutions and linear layers act on the change in 8 bits where that is
+  exact and pays on this CPU, in float32 otherwise (:mod:`vizkit.methods.occlusion.int8`;
+  ``info["arithmetic"]`` and ``info["arithmetic_reason"]`` say which and why), and a
+  self-checking adaptive drill-down (every other position plus a sample of the rest first; if
+  interpolating the coarse grid predicts the sample, only the most sensitive positions are
+  evaluated and the rest interpolated, otherwise all are); ``info["approximate"]`` is True.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from vizkit.core.devices import is_out_of_memory
 from vizkit.core.results import Explanation
 from vizkit.core.targets import Target, check_target_early, resolve_target, target_score
 from vizkit.methods.occlusion.incremental import IncrementalOcclusion, NotTraceable
+from vizkit.methods.occlusion.int8 import Arithmetic, choose_arithmetic
 from vizkit.models.base import LoadedModel
 
 Baseline = str | float | tuple[float, float, float]
@@ -55,8 +57,10 @@ CAP_FRACTION: float | None = None
 # (a random-weight net's map is speckle) and every remaining position is evaluated.
 # Additive noise of 1.5% of the span on every position costs about 0.06 of SSIM.
 INTERPOLATION_TOLERANCE = 0.015
-# Convolutions and linear layers act on the change in 8 bits (vizkit.methods.occlusion.int8; CPU only).
-QUANTIZED = True
+# Arithmetic of approximate mode's convolutions and linear layers on the change: "auto" (8 bits
+# where oneDNN's products are exact and a probe shows they pay, vizkit.methods.occlusion.int8's
+# choose_arithmetic), "8-bit" (wherever exact) or "float32".
+ARITHMETIC = "auto"
 # Grids with fewer positions per side than this are evaluated whole (interpolating a coarse
 # sub-grid of a few cells loses the picture).
 DRILL_DOWN_MIN = 12
@@ -190,18 +194,24 @@ class _Evaluator:
         self.stats = {"incremental": 0, "full": 0}
         self.out_of_memory = 0
         self.fallback: str | None = None
+        approximate = mode == "approximate"
+        self.arithmetic = (choose_arithmetic(x.device, ARITHMETIC) if approximate else
+                           Arithmetic("float32", f"{mode} mode computes in float32"))
         if mode != "full" or watch is not None:
             try:
-                approximate = mode == "approximate"
                 self.inc = IncrementalOcclusion(
                     m.module, x, cap_fraction=CAP_FRACTION if approximate else None,
-                    quantized=approximate and QUANTIZED)
+                    quantized=self.arithmetic.name == "8-bit",
+                    weight_levels=self.arithmetic.weight_levels or 127)
             except NotTraceable as error:
                 if watch is not None:
                     raise ValueError(f"{error}; a layer's activation drop needs a traceable "
                                      "model.") from error
                 self.fallback = str(error)
                 self.mode = "full"
+                self.arithmetic = Arithmetic("float32", f"full inference in float32: {error}")
+        if self.arithmetic.name == "8-bit" and (self.inc is None or self.inc.int8 is None):
+            self.arithmetic = Arithmetic("float32", "oneDNN's 8-bit kernels are not available")
         if watch is not None:
             self.watch_node = _layer_node(self.inc.graph, m.module, watch)
             self.inc.watch = self.watch_node.name
@@ -320,8 +330,9 @@ def occlusion(
         Explanation with ``map`` S×S float32 and ``raw`` the per-position drop grid; ``info``
         holds ``probability_grid`` (occluded probability per position, NaN where not
         evaluated), ``clean_probability``, ``box`` (x0, y0, x1, y1) of the most damaging patch,
-        ``timings``, ``approximate``, and with ``layer``: ``channel``, ``feature_map``,
-        ``feature_grid``.
+        ``timings``, ``approximate``, ``arithmetic`` (``"8-bit"`` or ``"float32"``) and
+        ``arithmetic_reason`` (why, in words), and with ``layer``: ``channel``,
+        ``feature_map``, ``feature_grid``.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
@@ -405,7 +416,9 @@ def occlusion(
         "drill_down": drill_down,
         "interpolated": int((~evaluated).sum()) if interpolated else 0,
         "interpolation_error": plan.interpolation_error if plan is not None else None,
-        "quantized": evaluator.inc is not None and evaluator.inc.int8 is not None,
+        "quantized": evaluator.arithmetic.name == "8-bit",
+        "arithmetic": evaluator.arithmetic.name,
+        "arithmetic_reason": evaluator.arithmetic.reason,
         "evaluated": int(evaluated.sum()),
         "total_positions": int(scores.size),
         "complete": complete,
@@ -536,8 +549,8 @@ def approximation_summary(info: dict) -> str | None:
     if not info.get("approximate"):
         return None
     how = []
-    if info.get("quantized"):
-        how.append("8-bit arithmetic on the changes")
+    if info.get("arithmetic"):  # "8-bit" or "float32", and why (int8.choose_arithmetic)
+        how.append(f"{info['arithmetic']} arithmetic on the changes ({info['arithmetic_reason']})")
     if info.get("interpolated"):
         how.append(f"{info['interpolated']} positions interpolated (checked error "
                    f"{100 * info['interpolation_error']:.1f}% of the range)")
