@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                        baseline=args.baseline, mode="approximate")
     approx_s = approx.info["timings"]["cpu_s"]
     print(f"vizkit approximate: {approx_s:.2f} s CPU ({approx.info['evaluated']} of "
-          f"{approx.info['total_positions']} positions evaluated)")
+          f"{approx.info['total_positions']} positions evaluated; "
+          f"{approx.info['arithmetic']} arithmetic: {approx.info['arithmetic_reason']})")
 
     max_rel_diff = float(np.abs(exact.map - reference).max() / np.abs(reference).max())
     span = float(exact.map.max() - exact.map.min()) or 1.0

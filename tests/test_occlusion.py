@@ -574,7 +574,10 @@ def test_approximate_mode_says_which_arithmetic_it_used():
 
 def test_approximate_without_8_bit_kernels_runs_in_float(monkeypatch):
     """Where oneDNN's quantized kernels are missing, approximate mode still runs (float32)."""
+    import vizkit.methods.occlusion.int8 as int8
+
     monkeypatch.setattr(incremental, "available", lambda device: False)
+    monkeypatch.setattr(sensitivity, "ARITHMETIC", "8-bit")  # asked for, yet not there
     m = all_ops_model(32)
     img = random_image(32, 32, seed=4)
     logit = lambda logits: logits[:, 1]
@@ -582,6 +585,10 @@ def test_approximate_without_8_bit_kernels_runs_in_float(monkeypatch):
     assert approx.info["quantized"] is False and approx.info["approximate"] is True
     assert approx.info["arithmetic"] == "float32" and "not available" in approx.info["arithmetic_reason"]
     assert not np.isnan(approx.map).any()
+    monkeypatch.setattr(int8, "available", lambda device: False)  # what choose_arithmetic asks
+    monkeypatch.setattr(sensitivity, "ARITHMETIC", "auto")
+    approx = occlusion(m, img, logit, patch=6, stride=3, mode="approximate")
+    assert approx.info["arithmetic"] == "float32" and "lacks" in approx.info["arithmetic_reason"]
 
 
 @pytest.mark.parametrize(("size", "patch", "stride"), [(32, 5, 3), (37, 8, 5), (40, 7, 2)])

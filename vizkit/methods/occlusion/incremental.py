@@ -172,6 +172,8 @@ class IncrementalOcclusion:
         quantized: approximate mode: convolutions and linear layers act on the change with
             8-bit operands (:mod:`vizkit.methods.occlusion.int8`, CPU only; ignored where unavailable), and no
             node is ever recomputed in full, so every layer runs on the change.
+        weight_levels: with ``quantized``, weights in ``-levels..levels``: 127, or 63 where the
+            CPU sums pairs of products in 16 bits (``int8.exact_weight_levels``).
     """
 
     def __init__(
