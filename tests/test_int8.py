@@ -139,23 +139,25 @@ def test_the_probe_predicts_the_error_on_a_real_change():
                 assert torch.all(error > 0.05), (levels, error)
 
 
-@pytest.mark.parametrize(("levels", "speedup", "name", "words"), [
-    (127, 2.9, "8-bit", "exactly here"),
-    (127, 1.2, "float32", "1.2× as fast"),
-    (63, 3.1, "8-bit", "7-bit weights"),
-    (63, 1.6, "float32", "16 bits"),
-    (None, None, "float32", "not exact"),
+@pytest.mark.parametrize(("levels", "speedup", "name", "never_full", "words"), [
+    (127, 2.9, "8-bit", True, "exactly here"),
+    (127, 1.2, "float32", False, "1.2× as fast"),
+    (63, 3.1, "8-bit", True, "7-bit weights"),
+    (63, 1.6, "8-bit", False, "1.6× as fast"),
+    (63, 1.1, "float32", False, "16 bits"),
+    (None, None, "float32", False, "not exact"),
 ])
-def test_auto_arithmetic_follows_the_probes(monkeypatch, levels, speedup, name, words):
+def test_auto_arithmetic_follows_the_probes(monkeypatch, levels, speedup, name, never_full, words):
     monkeypatch.setattr(int8, "exact_weight_levels", lambda: levels)
     monkeypatch.setattr(int8, "measure_speedup", lambda _levels: speedup)
     monkeypatch.setattr(int8, "_CHOSEN", {})
     chosen = int8.choose_arithmetic(torch.device("cpu"))
     assert chosen.name == name and words in chosen.reason, chosen
     assert chosen.weight_levels == (levels if name == "8-bit" else 0)
+    assert chosen.never_full is never_full
     forced = int8.choose_arithmetic("cpu", "8-bit")  # exact is enough, however fast
     if levels:
-        assert forced.name == "8-bit" and forced.weight_levels == levels
+        assert forced.name == "8-bit" and forced.weight_levels == levels and forced.never_full
         assert "asked for" in forced.reason
     else:
         assert forced.name == "float32" and forced.weight_levels == 0
@@ -186,6 +188,7 @@ UNDER_AVX2 = [
     "tests/test_occlusion.py::test_drill_down_evaluates_everything_when_the_map_is_speckle",
     "tests/test_occlusion.py::test_approximate_map_looks_like_the_exact_one_on_the_trained_model",
     "tests/test_occlusion.py::test_approximate_mode_says_which_arithmetic_it_used",
+    "tests/test_occlusion.py::test_8_bit_goes_full_as_exact_mode_does_unless_it_is_fast",
 ]
 
 

@@ -14,6 +14,7 @@ from captum.attr import Occlusion
 from torch import nn
 
 import vizkit.methods.occlusion.incremental as incremental
+import vizkit.methods.occlusion.int8 as int8
 import vizkit.methods.occlusion.sensitivity as sensitivity
 from support import TINY_SPEC, make_tiny_cnn, random_image, zoo_model
 from vizkit.core.hooks import hook_count
@@ -572,10 +573,30 @@ def test_approximate_mode_says_which_arithmetic_it_used():
         assert 0 < np.abs(ours - reference)[evaluated].max() <= 0.05 * span
 
 
+@pytest.mark.skipif(not int8.available(torch.device("cpu")), reason="no oneDNN 8-bit kernels")
+def test_8_bit_goes_full_as_exact_mode_does_unless_it_is_fast(monkeypatch):
+    """Where 8 bits run under NEVER_FULL_SPEEDUP× float32 (7-bit weights on AVX2: ResNet18 lost
+    time otherwise), a change covering most of its map goes full as in exact mode; faster, every
+    layer stays on the change. Both stay close to exact."""
+    m = all_ops_model(40)
+    img = random_image(40, 40, seed=5)
+    logit = lambda logits: logits[:, 1]
+    exact = occlusion(m, img, logit, patch=6, stride=2)
+    full_nodes = {}
+    for never_full in (True, False):
+        chosen = int8.Arithmetic("8-bit", "measured", int8.exact_weight_levels(), 1.6, never_full)
+        monkeypatch.setattr(sensitivity, "choose_arithmetic", lambda device, prefer, c=chosen: c)
+        approx = occlusion(m, img, logit, patch=6, stride=2, mode="approximate")
+        assert approx.info["arithmetic"] == "8-bit" and approx.info["arithmetic_reason"] == "measured"
+        full_nodes[never_full] = approx.info["nodes"]["full"]
+        ours, reference = approx.info["probability_grid"], exact.info["probability_grid"]
+        evaluated = ~np.isnan(ours)
+        assert np.abs(ours - reference)[evaluated].max() <= 0.05 * np.ptp(reference)
+    assert full_nodes[False] > full_nodes[True]
+
+
 def test_approximate_without_8_bit_kernels_runs_in_float(monkeypatch):
     """Where oneDNN's quantized kernels are missing, approximate mode still runs (float32)."""
-    import vizkit.methods.occlusion.int8 as int8
-
     monkeypatch.setattr(incremental, "available", lambda device: False)
     monkeypatch.setattr(sensitivity, "ARITHMETIC", "8-bit")  # asked for, yet not there
     m = all_ops_model(32)

@@ -17,8 +17,8 @@ same size for every position of the batch.
 - Anything else, or a box covering most of its map, materializes ``clean + delta`` and runs the
   rest of the graph in full, so every model is handled exactly, only less quickly.
 - Approximate mode (``quantized``) runs convolutions and linear layers on the change in 8 bits
-  (:mod:`vizkit.methods.occlusion.int8`) and never goes full: there, a whole-map change in 8 bits is cheaper
-  than the float32 layer.
+  (:mod:`vizkit.methods.occlusion.int8`) and, where 8 bits are fast enough (``never_full``),
+  never goes full: there, a whole-map change in 8 bits is cheaper than the float32 layer.
 
 Positions in one batch are congruent modulo the network's total stride, so every crop of the
 batch needs the same padding: each op is one dense call on a B×C×h×w tensor.
@@ -170,10 +170,12 @@ class IncrementalOcclusion:
         cap_fraction: approximate mode (projective-field thresholding): the change of a node is
             kept only on a centred box of at most this fraction of its map side; ``None`` is exact.
         quantized: approximate mode: convolutions and linear layers act on the change with
-            8-bit operands (:mod:`vizkit.methods.occlusion.int8`, CPU only; ignored where unavailable), and no
-            node is ever recomputed in full, so every layer runs on the change.
+            8-bit operands (:mod:`vizkit.methods.occlusion.int8`, CPU only; ignored where unavailable).
         weight_levels: with ``quantized``, weights in ``-levels..levels``: 127, or 63 where the
             CPU sums pairs of products in 16 bits (``int8.exact_weight_levels``).
+        never_full: with ``quantized``, no node is ever recomputed in full, so every layer runs
+            on the change (a whole-map change in 8 bits is cheaper than the float32 layer where
+            8 bits run at 2× or more); without, nodes go full as in exact mode.
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class IncrementalOcclusion:
         cap_fraction: float | None = None,
         quantized: bool = False,
         weight_levels: int = 127,
+        never_full: bool = True,
     ):
         self.module = module
         self.graph = traced_graph(module)
@@ -192,7 +195,7 @@ class IncrementalOcclusion:
         self.watch = watch
         self.cap_fraction = cap_fraction
         self.int8 = Int8Kernels(weight_levels) if quantized and available(x.device) else None
-        self.full_fraction = math.inf if self.int8 is not None else FULL_FRACTION
+        self.full_fraction = math.inf if self.int8 is not None and never_full else FULL_FRACTION
         self.depends = self._input_dependence()
         self.clean: dict[fx.Node, torch.Tensor] = {}
         self._padded: dict[tuple[fx.Node, float], tuple[int, torch.Tensor]] = {}

@@ -179,12 +179,16 @@ ARITHMETICS = ("auto", "8-bit", "float32")
 # Weight levels tried, widest first: 127 (8 bits); 63 keeps a pair of u8×s8 products within
 # int16 (2·255·63 = 32,130), so it is exact where oneDNN sums pairs in 16 bits (no VNNI).
 WEIGHT_LEVELS = (127, 63)
-# 8 bits must run the probe convolution at least this many times as fast as float32. Measured
-# (VGG16 at 224, patch 16 stride 8, shared 2-core machine): with VNNI the probe runs 2.5–3× as
-# fast and approximate mode 2.4× as fast as float32 changes; under ONEDNN_MAX_CPU_ISA=AVX2
-# (7-bit weights) the probe runs 1.0–1.6× as fast and approximate mode gains nothing on AlexNet
-# (18.9 against 10.9 CPU-s) and at most 1.2–1.4× on VGG16, within that machine's noise.
-MIN_SPEEDUP = 2.0
+# 8 bits run where the probe convolution runs at least MIN_SPEEDUP times as fast as float32, and
+# keep whole-map changes in 8 bits (never going full) from NEVER_FULL_SPEEDUP. Measured, one
+# thread, CPU seconds of approximate mode on speckle maps (every position evaluated), random
+# weights at 224, patch 16 stride 8, float32 changes → 8 bits going full → 8 bits never full:
+# - VNNI (probe 2.7–2.9×): never full 3.2× (VGG16), 2.6× (AlexNet), 1.5× (ResNet18) float32;
+# - ONEDNN_MAX_CPU_ISA=AVX2, 7-bit weights (probe 1.3–1.6×): VGG16 36.3 → 26.7 → 21.2 s,
+#   AlexNet 5.0 → 4.35 → 3.03 s, ResNet18 13.35 → 12.1 → 15.2 s: going full, 8 bits pay
+#   1.1–1.4× on all three; never full loses on ResNet18.
+MIN_SPEEDUP = 1.3
+NEVER_FULL_SPEEDUP = 2.0
 # The probe convolution: a VGG-like middle layer on a batch of changes (about 0.1 s in all).
 _PROBE_CHANNELS, _PROBE_SIDE, _PROBE_BATCH, _PROBE_REPEATS = 128, 20, 16, 5
 
@@ -199,12 +203,15 @@ class Arithmetic:
         weight_levels: 8-bit only: weights in ``-levels..levels`` (127, or 63 where the CPU
             sums pairs of products in 16 bits); 0 for float32.
         speedup: the probe convolution's float32 time over its 8-bit time, where measured.
+        never_full: 8-bit only: whole-map changes stay in 8 bits, no node is recomputed in
+            full (where 8 bits run at ``NEVER_FULL_SPEEDUP`` or more, or were asked for).
     """
 
     name: str
     reason: str
     weight_levels: int = 0
     speedup: float | None = None
+    never_full: bool = False
 
 
 def _integer_weight(shape: tuple[int, ...], levels: int, g: torch.Generator) -> torch.Tensor:
@@ -286,8 +293,9 @@ def choose_arithmetic(device: torch.device, prefer: str = "auto") -> Arithmetic:
     """The arithmetic approximate occlusion's changes use on ``device``, probed once per process.
 
     ``"auto"``: 8 bits where both kernels sum products exactly (at 127 weight levels, else 63)
-    and the probe convolution runs at least ``MIN_SPEEDUP`` times as fast as float32; float32
-    otherwise. ``"8-bit"``: 8 bits wherever exact, however fast. ``"float32"``: float32.
+    and the probe convolution runs at least ``MIN_SPEEDUP`` times as fast as float32 (never
+    going full from ``NEVER_FULL_SPEEDUP``); float32 otherwise. ``"8-bit"``: 8 bits wherever
+    exact, however fast, never going full. ``"float32"``: float32.
     """
     if prefer not in ARITHMETICS:
         raise ValueError(f"Unknown arithmetic {prefer!r}: use one of {', '.join(ARITHMETICS)}.")
@@ -323,10 +331,11 @@ def _probe(prefer: str) -> Arithmetic:
            "this CPU's oneDNN adds pairs of u8×s8 products in 16 bits (no VNNI), which saturates "
            f"with 8-bit weights; with 7-bit weights (±{levels}) the products are exact")
     if prefer == "8-bit":
-        return Arithmetic("8-bit", f"8-bit was asked for: {how}", levels)
+        return Arithmetic("8-bit", f"8-bit was asked for: {how}", levels, never_full=True)
     speedup = measure_speedup(levels)
     timed = f"a probe convolution ran {speedup:.1f}× as fast as float32"
     if speedup >= MIN_SPEEDUP:
-        return Arithmetic("8-bit", f"{how}, and {timed}", levels, speedup)
-    return Arithmetic("float32", f"{how}, but {timed} (8 bits pay from {MIN_SPEEDUP:.0f}×)",
+        return Arithmetic("8-bit", f"{how}, and {timed}", levels, speedup,
+                          never_full=speedup >= NEVER_FULL_SPEEDUP)
+    return Arithmetic("float32", f"{how}, but {timed} (8 bits pay from {MIN_SPEEDUP:.1f}×)",
                       0, speedup)

@@ -202,7 +202,8 @@ class _Evaluator:
                 self.inc = IncrementalOcclusion(
                     m.module, x, cap_fraction=CAP_FRACTION if approximate else None,
                     quantized=self.arithmetic.name == "8-bit",
-                    weight_levels=self.arithmetic.weight_levels or 127)
+                    weight_levels=self.arithmetic.weight_levels or 127,
+                    never_full=self.arithmetic.never_full)
             except NotTraceable as error:
                 if watch is not None:
                     raise ValueError(f"{error}; a layer's activation drop needs a traceable "
