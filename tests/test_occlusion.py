@@ -595,6 +595,33 @@ def test_8_bit_goes_full_as_exact_mode_does_unless_it_is_fast(monkeypatch):
     assert full_nodes[False] > full_nodes[True]
 
 
+@pytest.mark.skipif(not int8.available(torch.device("cpu")), reason="no oneDNN 8-bit kernels")
+def test_8_bit_goes_full_where_a_depthwise_convolution_follows(eight_bit):
+    """A depthwise layer (left to float32) would see whole-map changes if nothing went full
+    (EfficientNet-Lite0: 3.8× slower than exact): there 8 bits go full as exact mode does."""
+
+    def net(depthwise: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 16, 3, padding=1, groups=16 if depthwise else 1),
+                             nn.ReLU(), nn.Conv2d(16, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(16, 3))
+
+    img = random_image(24, 24, seed=6)
+    spec = dataclasses.replace(TINY_SPEC, name="depthwise", input_size=24)
+    logit = lambda logits: logits[:, 0]
+    for depthwise in (True, False):
+        m = wrap_module(net(depthwise), spec, device="cpu")
+        inc = incremental.IncrementalOcclusion(m.module, m.preprocess(img), quantized=True)
+        assert (inc.full_fraction == incremental.FULL_FRACTION) is depthwise
+        exact = occlusion(m, img, logit, patch=16, stride=4)  # boxes past FULL_FRACTION
+        approx = occlusion(m, img, logit, patch=16, stride=4, mode="approximate")
+        assert approx.info["arithmetic"] == "8-bit" and exact.info["nodes"]["full"] > 0
+        assert (approx.info["nodes"]["full"] > 0) is depthwise
+        span = np.ptp(exact.raw.numpy())
+        assert np.abs(approx.raw.numpy() - exact.raw.numpy()).max() <= 0.05 * span
+
+
 def test_approximate_without_8_bit_kernels_runs_in_float(monkeypatch):
     """Where oneDNN's quantized kernels are missing, approximate mode still runs (float32)."""
     monkeypatch.setattr(incremental, "available", lambda device: False)

@@ -119,8 +119,10 @@ def _packed(mod: nn.Module, key: tuple, pack, levels: int = 127) -> tuple:
 MIN_REDUCTION = 64
 
 
-def _reduction(mod: nn.Conv2d) -> int:
-    return mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+def conv_in_8_bits(mod: nn.Conv2d) -> bool:
+    """Whether :class:`Int8Kernels` computes this convolution (it sums ``MIN_REDUCTION`` or
+    more products per output); smaller ones are left to float32."""
+    return mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1] >= MIN_REDUCTION
 
 
 class Int8Kernels:
@@ -138,7 +140,7 @@ class Int8Kernels:
                ) -> torch.Tensor | None:
         """``conv2d(delta, mod.weight, no bias)`` with 8-bit operands, float32 out (channels-last)."""
         key = ("conv", tuple(padding), self.weight_levels)
-        if (id(mod), key) in self._refused or _reduction(mod) < MIN_REDUCTION:
+        if (id(mod), key) in self._refused or not conv_in_8_bits(mod):
             return None
         stride, dilation, padding = list(mod.stride), list(mod.dilation), list(padding)
         try:
