@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     approx_run: OcclusionRun = approx.info
     approx_s = approx_run.timings.cpu_s
     print(f"vizkit approximate: {approx_s:.2f} s CPU ({approx_run.evaluated} of "
-          f"{approx_run.total_positions} positions evaluated; {approx_run.arithmetic}: "
+          f"{approx_run.total_positions} positions evaluated; {approx_run.arithmetic} arithmetic: "
           f"{approx_run.arithmetic_reason})")
 
     max_rel_diff = float(np.abs(exact.map - reference).max() / np.abs(reference).max())

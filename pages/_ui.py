@@ -23,6 +23,7 @@ import streamlit as st
 import vizkit as vk
 from vizkit import render
 from vizkit.core.images import safe_filename
+from vizkit.data.scenes import DatasetMissing
 from vizkit.methods.prediction import predict
 from vizkit.methods.receptive_fields import summarize
 from vizkit.models.efficientnet_lite import install_hint
@@ -54,7 +55,7 @@ PHOTO_MODEL = "efficientnet_lite0"
 SCENE_MODEL = "fashion-zf"
 DEFAULT_SAMPLE = "chelsea"
 
-USER_ERRORS = (ValueError, vk.ImageError, vk.WeightsError)
+USER_ERRORS = (ValueError, vk.ImageError, vk.WeightsError, DatasetMissing)
 log = logging.getLogger("vizkit.app")
 
 

@@ -12,6 +12,7 @@ from pages import _ui as ui
 from vizkit.analyses.features import default_layers, table_text
 from vizkit.analyses.probes import (
     fashion_probe_data,
+    fashion_probe_note,
     folder_probe_data,
     linear_probes,
     probe_rows,
@@ -36,7 +37,8 @@ def labelled_folder(name: str) -> Path | None:
 
 
 @st.cache_data(show_spinner="Rendering the train scenes…", max_entries=2)
-def fashion_data(n_train: int, n_test: int):
+def fashion_data(n_train: int, n_test: int, note: str | None):
+    """The probes' scenes; ``note`` (the fallback's, or None) keys the cache by data source."""
     x_train, y_train, x_test, y_test, classes = fashion_probe_data(n_train)
     return x_train, y_train, x_test[:n_test], y_test[:n_test], classes
 
@@ -57,6 +59,9 @@ with c1:
                                        key="probe_n"))
         n_test = int(st.select_slider("Held-out scenes", [200, 500, 1000], value=1000, key="probe_test"))
         folder = ""
+        note = fashion_probe_note()
+        if note:
+            st.info(note)
     else:
         if not DATA_ROOT:
             st.info("Labelled folders are off: start the app with VIZKIT_DATA_ROOT=/path/to/datasets "
@@ -81,7 +86,7 @@ if go:
         bar.progress(min(1.0, done / max(total, 1)), text=f"Features and classifiers… {done}/{total}")
 
     if source == SCENES:
-        data = ui.attempt(fashion_data, n_train, n_test)
+        data = ui.attempt(fashion_data, n_train, n_test, note)
     elif labelled_folder(folder) is None:
         st.error("That is not a folder below VIZKIT_DATA_ROOT.")
         data = None

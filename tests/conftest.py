@@ -41,6 +41,15 @@ def fashion():
 
 
 @pytest.fixture
+def no_fashion_mnist(monkeypatch, tmp_path):
+    """A machine without Fashion-MNIST: the loader looks only in an empty folder."""
+    empty = tmp_path / "no-fashion-mnist"
+    empty.mkdir()
+    monkeypatch.setenv("VIZKIT_FASHION_MNIST", str(empty))
+    return empty
+
+
+@pytest.fixture
 def image():
     return random_image()
 
@@ -52,10 +61,20 @@ def hand_cnn():
 
 
 def pytest_collection_modifyitems(config, items):
-    """``make test`` sets VIZKIT_SKIP_BROWSER=1 where Chromium is missing: only browser tests skip."""
-    if not os.environ.get("VIZKIT_SKIP_BROWSER"):
-        return
-    skip = pytest.mark.skip(reason="VIZKIT_SKIP_BROWSER is set: Debian chromium is missing (see make test)")
-    for item in items:
-        if "browser" in item.keywords:
-            item.add_marker(skip)
+    """``make test`` sets VIZKIT_SKIP_BROWSER=1 where Chromium is missing, and
+    VIZKIT_SKIP_FASHION_MNIST=1 where Fashion-MNIST is missing and could not be installed: only
+    the browser tests, or only the tests that need the whole dataset, skip."""
+    skips = {
+        "browser": ("VIZKIT_SKIP_BROWSER",
+                    "VIZKIT_SKIP_BROWSER is set: Debian chromium is missing (see make test)"),
+        "fashion_mnist": ("VIZKIT_SKIP_FASHION_MNIST",
+                          "VIZKIT_SKIP_FASHION_MNIST is set: Fashion-MNIST is missing "
+                          "(sudo apt-get install dataset-fashion-mnist; see make test)"),
+    }
+    for keyword, (variable, reason) in skips.items():
+        if not os.environ.get(variable):
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if keyword in item.keywords:
+                item.add_marker(skip)

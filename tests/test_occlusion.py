@@ -15,12 +15,21 @@ from captum.attr import Occlusion
 from torch import nn
 
 import vizkit.methods.occlusion.incremental as incremental
+import vizkit.methods.occlusion.int8 as int8
 import vizkit.methods.occlusion.sensitivity as sensitivity
 from support import TINY_SPEC, random_image, zoo_model
 from vizkit.core.hooks import hook_count
+from vizkit.methods.occlusion.int8 import choose_arithmetic
 from vizkit.methods.occlusion.sensitivity import approximation_summary, baseline_value, occlusion, patch_grid
 from vizkit.models.base import LoadedModel
 from vizkit.models.registry import wrap_module
+
+
+@pytest.fixture
+def eight_bit(monkeypatch):
+    """Approximate mode in 8 bits wherever this CPU's products are exact (7-bit weights without
+    VNNI), whether or not 8 bits pay here: their accuracy is what is tested."""
+    monkeypatch.setattr(sensitivity, "ARITHMETIC", "8-bit")
 
 
 def resized(m: LoadedModel, size: int) -> LoadedModel:
@@ -152,7 +161,7 @@ def test_googlenet_feature_drop_matches_captum():
 
 # ---------------------------------------------------------------------------- approximate vs exact
 @pytest.mark.slow
-def test_approximate_stays_close_on_registry_model(registry_model):
+def test_approximate_stays_close_on_registry_model(registry_model, eight_bit):
     """Every registry model in approximate mode (8-bit changes) at 96 px: the drop grid and a deep
     feature's drop stay within a few percent of exact (measured: RMS at most 2.4% of the span,
     the largest error 7%)."""
@@ -346,7 +355,8 @@ def test_stopping_approximate_mode_interpolates_nothing():
     assert info["complete"] is False and info["interpolated"] == 0
     grid = info["probability_grid"]
     assert 20 <= info["evaluated"] == int((~np.isnan(grid)).sum()) < info["total_positions"]
-    assert approximation_summary(info) == "8-bit arithmetic on the changes"
+    assert approximation_summary(info) == (f"{info['arithmetic']} arithmetic on the changes "
+                                           f"({info['arithmetic_reason']})")
 
 
 def test_concurrent_calls_match_serial():
@@ -410,7 +420,7 @@ def test_drill_down_interpolates_a_smooth_map():
     assert np.abs(approx.raw.numpy() - exact.raw.numpy()).max() <= 0.05 * span
 
 
-def test_drill_down_evaluates_everything_when_the_map_is_speckle():
+def test_drill_down_evaluates_everything_when_the_map_is_speckle(eight_bit):
     """A random net on a random image: interpolating fails its own check, so every position is
     evaluated (in 8 bits: close to exact, not equal)."""
     m = all_ops_model(48)
@@ -429,7 +439,7 @@ def test_drill_down_evaluates_exact_values_where_it_looks(monkeypatch):
     """Without projective-field thresholding and 8 bits, every evaluated position is exact."""
 
     monkeypatch.setattr(sensitivity, "CAP_FRACTION", None)
-    monkeypatch.setattr(sensitivity, "QUANTIZED", False)
+    monkeypatch.setattr(sensitivity, "ARITHMETIC", "float32")
     m, img, logit = smooth_case(40)
     exact = occlusion(m, img, logit, patch=6, stride=2)
     seen = []
@@ -446,7 +456,7 @@ def test_drill_down_evaluates_exact_values_where_it_looks(monkeypatch):
 
 
 @pytest.mark.slow
-def test_approximate_is_close_to_exact_on_a_zoo_model():
+def test_approximate_is_close_to_exact_on_a_zoo_model(eight_bit):
     """8-bit changes on VGG16 at 96 px (no drill-down on a 9×9 grid): errors a few percent of
     the map's span, the picture the same (SSIM), and measurably not the float32 path."""
     from skimage.metrics import structural_similarity
@@ -464,15 +474,94 @@ def test_approximate_is_close_to_exact_on_a_zoo_model():
     assert structural_similarity(approx.map, exact.map, data_range=np.ptp(exact.map)) >= 0.9
 
 
+def test_approximate_mode_says_which_arithmetic_it_used():
+    """Approximate mode runs what choose_arithmetic picked for this CPU and says so; in float32
+    (CPUs where 8 bits are not exact or do not pay) every evaluated position is exact mode's."""
+    chosen = choose_arithmetic(torch.device("cpu"))
+    m = all_ops_model(40)
+    img = random_image(40, 40, seed=5)
+    logit = lambda logits: logits[:, 1]
+    exact = occlusion(m, img, logit, patch=6, stride=2)
+    approx = occlusion(m, img, logit, patch=6, stride=2, mode="approximate")
+    info = approx.info
+    assert (info["arithmetic"], info["arithmetic_reason"]) == (chosen.name, chosen.reason)
+    assert info["quantized"] == (chosen.name == "8-bit")
+    assert f"{chosen.name} arithmetic on the changes ({chosen.reason})" in approximation_summary(info)
+    assert exact.info["arithmetic"] == "float32" and approximation_summary(exact.info) is None
+    ours, reference = info["probability_grid"], exact.info["probability_grid"]
+    evaluated = ~np.isnan(ours)
+    assert evaluated.any()
+    if chosen.name == "float32":
+        assert np.allclose(ours[evaluated], reference[evaluated], rtol=1e-5, atol=1e-6)
+    else:
+        span = np.ptp(reference)
+        assert 0 < np.abs(ours - reference)[evaluated].max() <= 0.05 * span
+
+
+@pytest.mark.skipif(not int8.available(torch.device("cpu")), reason="no oneDNN 8-bit kernels")
+def test_8_bit_goes_full_as_exact_mode_does_unless_it_is_fast(monkeypatch):
+    """Where 8 bits run under NEVER_FULL_SPEEDUP× float32 (7-bit weights on AVX2: ResNet18 lost
+    time otherwise), a change covering most of its map goes full as in exact mode; faster, every
+    layer stays on the change. Both stay close to exact."""
+    m = all_ops_model(40)
+    img = random_image(40, 40, seed=5)
+    logit = lambda logits: logits[:, 1]
+    exact = occlusion(m, img, logit, patch=6, stride=2)
+    full_nodes = {}
+    for never_full in (True, False):
+        chosen = int8.Arithmetic("8-bit", "measured", int8.exact_weight_levels(), 1.6, never_full)
+        monkeypatch.setattr(sensitivity, "choose_arithmetic", lambda device, prefer, c=chosen: c)
+        approx = occlusion(m, img, logit, patch=6, stride=2, mode="approximate")
+        assert approx.info["arithmetic"] == "8-bit" and approx.info["arithmetic_reason"] == "measured"
+        full_nodes[never_full] = approx.info["nodes"]["full"]
+        ours, reference = approx.info["probability_grid"], exact.info["probability_grid"]
+        evaluated = ~np.isnan(ours)
+        assert np.abs(ours - reference)[evaluated].max() <= 0.05 * np.ptp(reference)
+    assert full_nodes[False] > full_nodes[True]
+
+
+@pytest.mark.skipif(not int8.available(torch.device("cpu")), reason="no oneDNN 8-bit kernels")
+def test_8_bit_goes_full_where_a_depthwise_convolution_follows(eight_bit):
+    """A depthwise layer (left to float32) would see whole-map changes if nothing went full
+    (EfficientNet-Lite0: 3.8× slower than exact): there 8 bits go full as exact mode does."""
+
+    def net(depthwise: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 16, 3, padding=1, groups=16 if depthwise else 1),
+                             nn.ReLU(), nn.Conv2d(16, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(16, 3))
+
+    img = random_image(24, 24, seed=6)
+    spec = dataclasses.replace(TINY_SPEC, name="depthwise", input_size=24)
+    logit = lambda logits: logits[:, 0]
+    for depthwise in (True, False):
+        m = wrap_module(net(depthwise), spec, device="cpu")
+        inc = incremental.IncrementalOcclusion(m.module, m.preprocess(img), quantized=True)
+        assert (inc.full_fraction == incremental.FULL_FRACTION) is depthwise
+        exact = occlusion(m, img, logit, patch=16, stride=4)  # boxes past FULL_FRACTION
+        approx = occlusion(m, img, logit, patch=16, stride=4, mode="approximate")
+        assert approx.info["arithmetic"] == "8-bit" and exact.info["nodes"]["full"] > 0
+        assert (approx.info["nodes"]["full"] > 0) is depthwise
+        span = np.ptp(exact.raw.numpy())
+        assert np.abs(approx.raw.numpy() - exact.raw.numpy()).max() <= 0.05 * span
+
+
 def test_approximate_without_8_bit_kernels_runs_in_float(monkeypatch):
     """Where oneDNN's quantized kernels are missing, approximate mode still runs (float32)."""
     monkeypatch.setattr(incremental, "available", lambda device: False)
+    monkeypatch.setattr(sensitivity, "ARITHMETIC", "8-bit")  # asked for, yet not there
     m = all_ops_model(32)
     img = random_image(32, 32, seed=4)
     logit = lambda logits: logits[:, 1]
     approx = occlusion(m, img, logit, patch=6, stride=3, mode="approximate")
     assert approx.info["quantized"] is False and approx.info["approximate"] is True
+    assert approx.info["arithmetic"] == "float32" and "not available" in approx.info["arithmetic_reason"]
     assert not np.isnan(approx.map).any()
+    monkeypatch.setattr(int8, "available", lambda device: False)  # what choose_arithmetic asks
+    monkeypatch.setattr(sensitivity, "ARITHMETIC", "auto")
+    approx = occlusion(m, img, logit, patch=6, stride=3, mode="approximate")
+    assert approx.info["arithmetic"] == "float32" and "lacks" in approx.info["arithmetic_reason"]
 
 
 def test_interpolation_uses_every_known_cell_and_reproduces_a_plane():
@@ -499,7 +588,7 @@ def test_interpolation_uses_every_known_cell_and_reproduces_a_plane():
     assert np.array_equal(_interpolate(line, ~np.isnan(line)), np.array([[1.0, 2.0, 3.0]] * 3))
 
 
-def test_approximate_map_looks_like_the_exact_one_on_the_trained_model(fashion):
+def test_approximate_map_looks_like_the_exact_one_on_the_trained_model(fashion, eight_bit):
     """SSIM of approximate vs exact, on the trained bundled model (its maps have structure)."""
     from skimage.metrics import structural_similarity
 
@@ -546,6 +635,7 @@ def test_cli_says_how_an_approximate_map_was_made(tmp_path, capsys):
     assert main(["occlusion", str(src), "--model", "fashion-zf", "--out", str(out), "--patch", "8",
                  "--stride", "4", "--mode", "approximate"]) == 0
     printed = capsys.readouterr().out
-    assert "approximate: 8-bit arithmetic on the changes" in printed
+    chosen = choose_arithmetic(torch.device("cpu"))  # probed once per process: the CLI's too
+    assert f"approximate: {chosen.name} arithmetic on the changes ({chosen.reason})" in printed
     assert ("interpolated (checked error" in printed) != ("every position evaluated" in printed)
 

@@ -81,3 +81,58 @@ def test_probe_accuracy_rises_with_depth_on_fashion_zf(fashion):
     acc = [r.test_accuracy[name] for name in r.layers]
     assert r.layers[0] == "features.relu1" and r.layers[-1] == "features.relu5"
     assert acc[-1] > acc[0] + 0.2 and acc[-1] > 2 * r.chance
+
+
+def test_probe_data_falls_back_to_the_bundled_scenes(no_fashion_mnist):
+    """Without Fashion-MNIST: train and test are disjoint parts of the bundled held-out scenes."""
+    from vizkit.analyses.probes import FALLBACK_TEST, fashion_probe_data, fashion_probe_note
+    from vizkit.data.scenes import bundled_subset
+
+    subset = bundled_subset()
+    pool = len(subset) - FALLBACK_TEST
+    x_tr, y_tr, x_te, y_te, classes = fashion_probe_data(n_train=50)
+    assert len(x_tr) == 50 and len(classes) == 10
+    assert np.array_equal(x_te, subset.images[pool:]) and np.array_equal(y_te, subset.labels[pool:])
+    first = {img.tobytes(): label for img, label in zip(subset.images[:pool], subset.labels[:pool],
+                                                         strict=True)}
+    assert all(first.get(img.tobytes()) == label for img, label in zip(x_tr, y_tr, strict=True))
+    x_all, *_ = fashion_probe_data(n_train=5000)
+    assert len(x_all) == pool
+    note = fashion_probe_note()
+    assert note and "dataset-fashion-mnist" in note and str(FALLBACK_TEST) in note
+
+
+def test_probe_data_uses_fashion_mnist_when_installed(tmp_path, monkeypatch):
+    from test_scenes import fake_fashion_mnist
+
+    from vizkit.analyses.probes import fashion_probe_data, fashion_probe_note
+    from vizkit.data.scenes import bundled_subset
+
+    written = fake_fashion_mnist(tmp_path, n=12)
+    monkeypatch.setenv("VIZKIT_FASHION_MNIST", str(tmp_path))
+    x_tr, y_tr, x_te, y_te, _ = fashion_probe_data(n_train=8)
+    assert fashion_probe_note() is None
+    assert x_tr.shape == (8, 64, 64, 3) and set(y_tr.tolist()) <= set(written["train"][1].tolist())
+    assert np.array_equal(x_te, bundled_subset().images)
+
+
+def test_probes_cli_says_it_used_the_bundled_scenes(no_fashion_mnist, tmp_path, capsys):
+    from vizkit.cli import main
+
+    assert main(["probes", "--n-train", "40", "--layers", "features.relu1", "features.relu5",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "note: Fashion-MNIST is not installed" in out and "dataset-fashion-mnist" in out
+    assert (tmp_path / "out" / "probes.csv").is_file()
+
+
+@pytest.mark.slow
+def test_probe_accuracy_rises_with_depth_on_the_bundled_scenes_alone(fashion, no_fashion_mnist):
+    """The same finding as with Fashion-MNIST's train items, from the bundled scenes only."""
+    from vizkit.analyses.probes import fashion_probe_data
+
+    x_tr, y_tr, x_te, y_te, classes = fashion_probe_data(n_train=400)
+    r = linear_probes(fashion, x_tr, y_tr, x_te[:200], y_te[:200], classes=classes)
+    acc = [r.test_accuracy[name] for name in r.layers]
+    assert r.layers[0] == "features.relu1" and r.layers[-1] == "features.relu5"
+    assert acc[-1] > acc[0] + 0.2 and acc[-1] > 2 * r.chance

@@ -12,7 +12,11 @@ from vizkit.data import training as train
 
 
 @pytest.mark.slow
+@pytest.mark.fashion_mnist
 def test_eval_only_reproduces_the_model_card_accuracy(capsys):
+    from vizkit.data.scenes import fashion_mnist_files
+
+    fashion_mnist_files("test")  # where missing, DatasetMissing names the package to install
     threads = torch.get_num_threads()
     try:
         assert cli_main(["train", "--eval-only", "--threads", str(threads)]) == 0
@@ -66,3 +70,17 @@ def test_cli_defaults_are_the_recipe():
     recipe = train.TrainingSettings()
     assert (args.epochs, args.batch, args.lr, args.seed) == \
         (recipe.epochs, recipe.batch, recipe.lr, recipe.seed)
+
+
+@pytest.mark.parametrize("extra", [["--eval-only"], ["--epochs", "1"]])
+def test_train_without_the_dataset_says_what_to_install(no_fashion_mnist, capsys, extra):
+    """Measuring and training both stop before any work (nothing in assets/ is touched)."""
+    card = train.MODEL_CARD.read_bytes()
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(["train", "--threads", str(threads), *extra]) == 2
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "dataset-fashion-mnist" in err and str(no_fashion_mnist) in err
+    assert train.MODEL_CARD.read_bytes() == card

@@ -14,7 +14,9 @@ import ast
 import io
 import pickle
 import re
+import shutil
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -184,7 +186,8 @@ def test_page_download_of_a_gps_jpeg_has_no_metadata(bundled_ready, monkeypatch)
 
 
 def test_server_settings_are_effective():
-    """Streamlit's own loader reads the project's config: 25 MB uploads, no error details."""
+    """Streamlit's own loader reads the project's config: 25 MB uploads, no error details, and
+    the server listens on this machine only."""
     from streamlit import config
 
     assert (ROOT / ".streamlit" / "config.toml").is_file()
@@ -196,6 +199,7 @@ def test_server_settings_are_effective():
         os.chdir(ROOT)
         config.get_config_options(force_reparse=True)
         assert config.get_option("server.maxUploadSize") == 25
+        assert config.get_option("server.address") == "127.0.0.1"
         assert str(config.get_option("client.showErrorDetails")).lower() in ("none", "false")
         assert config.get_option("server.maxUploadSize") * 2**20 <= 25 * 2**20
     finally:
@@ -206,6 +210,19 @@ def test_server_settings_are_effective():
 
     # The app's own limit and the decoder's agree with the server's (none above 25 MB).
     assert _ui.MAX_UPLOAD_MB <= 25 and images.MAX_BYTES <= 25 * 2**20
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_listens_on_localhost_unless_asked():
+    """``make run`` passes --server.address: 127.0.0.1 by default, HOST when given."""
+
+    def command(*extra: str) -> str:
+        out = subprocess.run(["make", "-n", "run", *extra], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        return next(line for line in out.splitlines() if "streamlit run app.py" in line)
+
+    assert "--server.address 127.0.0.1 " in command()
+    assert "--server.address 0.0.0.0 " in command("HOST=0.0.0.0")
 
 
 def _calls(tree: ast.AST, names: set[str]):

@@ -70,6 +70,20 @@ def test_probes_page_shows_accuracy_per_layer(bundled_ready):
 
 
 @pytest.mark.slow
+def test_probes_page_falls_back_to_the_bundled_scenes_without_fashion_mnist(bundled_ready,
+                                                                           no_fashion_mnist):
+    at = open_page("zf_probes")
+    assert_clean(at)
+    assert any("dataset-fashion-mnist" in box.value for box in at.info), [b.value for b in at.info]
+    at.select_slider(key="probe_n").set_value(200)
+    at.select_slider(key="probe_test").set_value(200)
+    at.button(key="probe_go").click().run(timeout=600)
+    assert_clean(at)
+    assert len(_chart_data(at)[0]["y"]) == 5
+    assert "200 train and 200 test images" in at.caption[-1].value
+
+
+@pytest.mark.slow
 def test_evolution_page_shows_every_snapshot(bundled_ready):
     from vizkit.analyses.evolution import snapshot_paths
 

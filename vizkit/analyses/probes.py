@@ -20,6 +20,8 @@ from vizkit.core.hooks import find_layer
 from vizkit.models.base import LoadedModel
 
 PROBE_SEED = 6  # FashionScenes rendering seed of the probes' train scenes (not the test seed)
+# Without Fashion-MNIST: bundled scenes held out for testing (the rest may train).
+FALLBACK_TEST = 300
 
 
 @dataclass(frozen=True)
@@ -50,17 +52,39 @@ def fashion_probe_data(n_train: int = 3000, seed: int = 0):
     """FashionScenes for probing fashion-zf: ``n_train`` scenes rendered from Fashion-MNIST train
     items (a seeded random choice), and the bundled held-out subset as the test set.
 
+    Without the Fashion-MNIST package (see :func:`fashion_probe_note`), the bundled subset serves
+    both sides: up to ``n_train`` of its first scenes train, its last ``FALLBACK_TEST`` test.
+
     Returns:
         (train_images, train_labels, test_images, test_labels, classes)
     """
-    from vizkit.data.scenes import FASHION_CLASSES, bundled_subset, load_fashion_mnist, make_scenes
+    from vizkit.data.scenes import FASHION_CLASSES, bundled_subset, fashion_mnist_available, make_scenes
+
+    rng = np.random.default_rng(seed)
+    test = bundled_subset()
+    if not fashion_mnist_available("train"):
+        pool = len(test) - FALLBACK_TEST
+        pick = np.sort(rng.choice(pool, size=min(n_train, pool), replace=False))
+        return (test.images[pick], test.labels[pick], test.images[pool:], test.labels[pool:],
+                tuple(FASHION_CLASSES))
+    from vizkit.data.scenes import load_fashion_mnist
 
     items, labels = load_fashion_mnist("train")
-    rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(items), size=min(n_train, len(items)), replace=False))
     train = make_scenes(items[pick], labels[pick], seed=PROBE_SEED + seed)
-    test = bundled_subset()
     return train.images, train.labels, test.images, test.labels, tuple(FASHION_CLASSES)
+
+
+def fashion_probe_note() -> str | None:
+    """What :func:`fashion_probe_data` trains on when Fashion-MNIST is missing, else ``None``."""
+    from vizkit.data.scenes import FASHION_PACKAGE, bundled_subset, fashion_mnist_available
+
+    if fashion_mnist_available("train"):
+        return None
+    pool = len(bundled_subset()) - FALLBACK_TEST
+    return (f"Fashion-MNIST is not installed (Debian package {FASHION_PACKAGE}), so the probes "
+            f"train on at most {pool} of the bundled held-out scenes and test on the other "
+            f"{FALLBACK_TEST}. Install it for train scenes rendered from its 60,000 training items.")
 
 
 def folder_probe_data(folder: str | Path, test_fraction: float = 0.25, per_class: int = 500, seed: int = 0):

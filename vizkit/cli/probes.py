@@ -7,6 +7,7 @@ import argparse
 from vizkit.analyses.features import write_report
 from vizkit.analyses.probes import (
     fashion_probe_data,
+    fashion_probe_note,
     folder_probe_data,
     linear_probes,
     probe_rows,
@@ -31,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
         data = folder_probe_data(args.folder, seed=args.seed)
     elif get_spec(args.model).bundled:
         data = fashion_probe_data(args.n_train, seed=args.seed)
+        note = fashion_probe_note()
+        if note:
+            print(f"note: {note}")
     else:
         raise SystemExit(f"{args.model} needs a labelled image folder: --folder DIR (DIR/<class>/*.png).")
     m = load_model(args.model, weights=args.weights)

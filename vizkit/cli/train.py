@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
-from vizkit.data.scenes import evaluation_scenes
+from vizkit.data.scenes import DatasetMissing, evaluation_scenes, fashion_mnist_files
 from vizkit.data.training import (
     TrainingSettings,
     evaluate,
@@ -36,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Trains (or only evaluates) and writes the weights, snapshots, subset and model card."""
     torch.set_num_threads(args.threads)
+    try:  # before any work: training and measuring both need the dataset
+        for split in ("test",) if args.eval_only else ("train", "test"):
+            fashion_mnist_files(split)
+    except DatasetMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.eval_only:
         module = load_trained()
         scenes = evaluation_scenes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from vizkit.core.assets import ASSETS
 from vizkit.models.fashion_zf import FASHION_CLASSES
 
+FASHION_PACKAGE = "dataset-fashion-mnist"  # Debian's package of the idx files
 FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 SUBSET_FILE = ASSETS / "fashion-scenes-subset.npz"
 SCENE_SIZE = 64
@@ -55,29 +57,63 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST items (N×28×28 uint8) and labels for ``split`` ("train" or "test").
+class DatasetMissing(FileNotFoundError):
+    """Fashion-MNIST's files are not on this machine; the message says how to install them."""
 
-    Reads Debian's ``dataset-fashion-mnist`` files; where they are missing, torchvision's
-    downloader (which needs network).
+
+def fashion_mnist_dirs() -> tuple[Path, ...]:
+    """Folders searched for Fashion-MNIST's idx files, in order.
+
+    ``VIZKIT_FASHION_MNIST`` (a folder), when set, replaces the default: Debian's
+    ``dataset-fashion-mnist`` folder, then torchvision's layout under ``~/.cache/vizkit`` (where
+    earlier versions downloaded it).
     """
+    override = os.environ.get("VIZKIT_FASHION_MNIST")
+    if override:
+        return (Path(override),)
+    return (*FASHION_DIRS, Path.home() / ".cache" / "vizkit" / "FashionMNIST" / "raw")
+
+
+def fashion_mnist_files(split: str = "train") -> tuple[Path, Path]:
+    """The gzipped idx files (images, labels) of ``split`` ("train" or "test").
+
+    Raises:
+        DatasetMissing: they are in none of ``fashion_mnist_dirs()``; the message names the
+            Debian package to install.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"Unknown Fashion-MNIST split {split!r}: use 'train' or 'test'.")
     prefix = {"train": "train", "test": "t10k"}[split]
-    for folder in FASHION_DIRS:
+    for folder in fashion_mnist_dirs():
         images = folder / f"{prefix}-images-idx3-ubyte.gz"
         labels = folder / f"{prefix}-labels-idx1-ubyte.gz"
         if images.is_file() and labels.is_file():
-            return _read_idx(images), _read_idx(labels).astype(np.int64)
-    from torchvision.datasets import FashionMNIST
+            return images, labels
+    looked = ", ".join(str(d) for d in fashion_mnist_dirs())
+    raise DatasetMissing(
+        f"Fashion-MNIST ({split} split) is not installed: looked in {looked}. Install the "
+        f"Debian package with `sudo apt-get install {FASHION_PACKAGE}`, or set "
+        "VIZKIT_FASHION_MNIST to a folder holding its four *-idx?-ubyte.gz files.")
 
-    root = Path.home() / ".cache" / "vizkit"
+
+def fashion_mnist_available(split: str = "train") -> bool:
+    """Whether ``split``'s Fashion-MNIST files are on this machine (see ``fashion_mnist_dirs``)."""
     try:
-        ds = FashionMNIST(str(root), train=split == "train", download=True)
-    except Exception as error:  # noqa: BLE001 - offline: say how to get the files
-        raise FileNotFoundError(
-            "Fashion-MNIST not found in /usr/share/datasets/fashion-mnist and could not be "
-            "downloaded. Install it with: apt-get install dataset-fashion-mnist"
-        ) from error
-    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
+        fashion_mnist_files(split)
+    except DatasetMissing:
+        return False
+    return True
+
+
+def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST items (N×28×28 uint8) and labels for ``split`` ("train" or "test").
+
+    Reads the idx files of Debian's ``dataset-fashion-mnist``. Nothing is downloaded (no
+    network at run time): where they are missing, :class:`DatasetMissing` says how to install
+    them.
+    """
+    images, labels = fashion_mnist_files(split)
+    return _read_idx(images), _read_idx(labels).astype(np.int64)
 
 
 def _item_boxes(items: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,12 @@ Three modes compute the same thing:
 - ``"exact"`` (default): incremental inference (Krypton, Nakandala et al. 2019, see
   :mod:`vizkit.methods.occlusion.incremental`): only the patch's projective field is recomputed per position.
 - ``"full"``: one full forward pass per position (batched), the reference.
-- ``"approximate"``: convolutions and linear layers act on the change in 8 bits
-  (:mod:`vizkit.methods.occlusion.int8`, CPU), and a self-checking adaptive drill-down (every other position
-  plus a sample of the rest first; if interpolating the coarse grid predicts the sample, only the
-  most sensitive positions are evaluated and the rest interpolated, otherwise all are);
-  ``info.approximate`` is True.
+- ``"approximate"``: convolutions and linear layers act on the change in 8 bits where that is
+  exact and pays on this CPU, in float32 otherwise (:mod:`vizkit.methods.occlusion.int8`;
+  ``info.arithmetic`` and ``info.arithmetic_reason`` say which and why), and a self-checking
+  adaptive drill-down (every other position plus a sample of the rest first; if interpolating
+  the coarse grid predicts the sample, only the most sensitive positions are evaluated and the
+  rest interpolated, otherwise all are); ``info.approximate`` is True.
 
 The result's ``info`` is an ``OcclusionRun``: how the map was made, in typed fields.
 """
@@ -34,6 +35,7 @@ from vizkit.core.devices import is_out_of_memory
 from vizkit.core.results import Explanation, InfoRecord
 from vizkit.core.targets import Target, check_target_early, resolve_target, target_score
 from vizkit.methods.occlusion.incremental import IncrementalOcclusion, NotTraceable
+from vizkit.methods.occlusion.int8 import Arithmetic, choose_arithmetic
 from vizkit.models.base import LoadedModel
 
 Baseline = str | float | tuple[float, float, float]
@@ -55,8 +57,10 @@ CAP_FRACTION: float | None = None
 # (a random-weight net's map is speckle) and every remaining position is evaluated.
 # Additive noise of 1.5% of the span on every position costs about 0.06 of SSIM.
 INTERPOLATION_TOLERANCE = 0.015
-# Convolutions and linear layers act on the change in 8 bits (vizkit.methods.occlusion.int8; CPU only).
-QUANTIZED = True
+# Arithmetic of approximate mode's convolutions and linear layers on the change: "auto" (8 bits
+# where oneDNN's products are exact and a probe shows they pay, vizkit.methods.occlusion.int8's
+# choose_arithmetic), "8-bit" (wherever exact) or "float32".
+ARITHMETIC = "auto"
 # Grids with fewer positions per side than this are evaluated whole (interpolating a coarse
 # sub-grid of a few cells loses the picture).
 DRILL_DOWN_MIN = 12
@@ -298,18 +302,25 @@ class _Evaluator:
         self.stats = {"incremental": 0, "full": 0}
         self.out_of_memory = 0
         self.fallback: str | None = None
+        approximate = mode == "approximate"
+        self.arithmetic = (choose_arithmetic(x.device, ARITHMETIC) if approximate else
+                           Arithmetic("float32", f"{mode} mode computes in float32"))
         if mode != "full" or watch is not None:
             try:
-                approximate = mode == "approximate"
                 self.inc = IncrementalOcclusion(
                     m.module, x, cap_fraction=CAP_FRACTION if approximate else None,
-                    quantized=approximate and QUANTIZED)
+                    quantized=self.arithmetic.name == "8-bit",
+                    weight_levels=self.arithmetic.weight_levels or 127,
+                    never_full=self.arithmetic.never_full)
             except NotTraceable as error:
                 if watch is not None:
                     raise ValueError(f"{error}; a layer's activation drop needs a traceable "
                                      "model.") from error
                 self.fallback = str(error)
                 self.mode = "full"
+                self.arithmetic = Arithmetic("float32", f"full inference in float32: {error}")
+        if self.arithmetic.name == "8-bit" and (self.inc is None or self.inc.int8 is None):
+            self.arithmetic = Arithmetic("float32", "oneDNN's 8-bit kernels are not available")
         if watch is not None:
             self.watch_node = _layer_node(self.inc.graph, m.module, watch)
             self.inc.watch = self.watch_node.name
@@ -540,18 +551,9 @@ def occlusion(
 
 def _arithmetic(evaluator: _Evaluator) -> tuple[str, str]:
     """The arithmetic the positions ran in (``"8-bit"`` or ``"float32"``) and why."""
-    if evaluator.inc is not None and evaluator.inc.int8 is not None:
-        return "8-bit", ("approximate mode: convolutions and linear layers ran on each patch's "
-                         "change with oneDNN's 8-bit kernels")
     if evaluator.fallback:
         return "float32", f"full inference ran instead ({evaluator.fallback})"
-    if evaluator.mode != "approximate":
-        return "float32", f"{evaluator.mode} mode computes in float32"
-    if not QUANTIZED:
-        return "float32", "8-bit changes are switched off (QUANTIZED = False)"
-    if evaluator.m.device.type != "cpu":
-        return "float32", f"8-bit kernels run on the CPU only; the model is on {evaluator.m.device.type}"
-    return "float32", "this PyTorch build has no oneDNN 8-bit kernels"
+    return evaluator.arithmetic.name, evaluator.arithmetic.reason
 
 
 def _full_time_estimate(evaluator: _Evaluator, grid: _Grid, cells: list[tuple[int, int]]) -> float:
@@ -660,8 +662,8 @@ def approximation_summary(run: OcclusionRun) -> str | None:
     if not run.approximate:
         return None
     how = []
-    if run.quantized:
-        how.append("8-bit arithmetic on the changes")
+    if run.arithmetic:  # "8-bit" or "float32", and why (int8.choose_arithmetic)
+        how.append(f"{run.arithmetic} arithmetic on the changes ({run.arithmetic_reason})")
     if run.interpolated:
         how.append(f"{run.interpolated} positions interpolated (checked error "
                    f"{100 * run.interpolation_error:.1f}% of the range)")
