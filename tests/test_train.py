@@ -4,6 +4,7 @@ outputs are written atomically; the held-out background family is scored apart."
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -90,6 +91,9 @@ def test_a_stopped_run_continues_to_the_same_weights(fake_dataset, monkeypatch, 
     config = train.TrainConfig(epochs=2, batch=32, lr=3e-3, items=160)
     whole = train.train(config, out=tmp_path / "a", checkpoint=tmp_path / "a.pt", checks={},
                         log=lambda line: None)
+    stale = tmp_path / "b" / "snapshots" / "fashion-zf-epoch7.safetensors"  # an earlier run's
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     with pytest.raises(_Stop):
         train.train(config, out=tmp_path / "b", checkpoint=tmp_path / "b.pt", checks={},
                     log=_stop_at(stop_at))
@@ -172,8 +176,15 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         train._replace_atomically(path, half_then_fail)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["card.md"]
+    path.chmod(0o640)
     train._replace_atomically(path, lambda tmp: tmp.write_text("new"))
-    assert path.read_text() == "new"
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o640
+    # A new file gets the usual mode (what the umask leaves of 0666), not a writer's 0600.
+    fresh = tmp_path / "w.safetensors"
+    train.save_weights(FashionZF(), fresh, None)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_eval_only_reports_the_held_out_family(fake_dataset, capsys):
@@ -207,3 +218,4 @@ def test_model_card_states_both_figures_and_the_families(tmp_path):
     for name in backgrounds.FAMILIES:
         assert f"`{name}`" in card
     assert "| 1 | 1.000 | 50.0% | 40.0% | 1.0 |" in card
+

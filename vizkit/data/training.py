@@ -89,8 +89,15 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     a reader never sees a half-written file and a killed writer leaves the old one intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # writers such as safetensors create 0600 files; keep the usual mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -195,6 +202,9 @@ def train(config: TrainConfig, *, out: Path = ASSETS, checkpoint: Path = CHECKPO
         log(f"continuing at epoch {state.epoch}, step {state.step}/{steps_per_epoch}")
     else:
         state = _State(config=asdict(config))
+        # Snapshots of an earlier run would sit among this run's in the evolution view.
+        for old in (out / "snapshots").glob("fashion-zf-epoch*.safetensors"):
+            old.unlink()
         if 0 in snapshots:
             save_weights(module, out / "snapshots" / "fashion-zf-epoch0.safetensors", config.hold_out)
     if checks is None:
