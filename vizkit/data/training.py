@@ -72,6 +72,11 @@ class TrainConfig:
     items: int | None = None
     bf16: bool = False
 
+    def snapshots(self) -> tuple[int, ...]:
+        """Epochs whose weights are kept for the evolution view: 0 (the initialization), 1, 2,
+        half-way and the last."""
+        return tuple(sorted({0, 1, 2, max(1, self.epochs // 2), self.epochs}))
+
     def families(self) -> tuple[str, ...]:
         """The background families training draws from."""
         return training_families(self.hold_out)
@@ -174,13 +179,13 @@ def train(config: TrainConfig, *, out: Path = ASSETS, checkpoint: Path = CHECKPO
         checkpoint: where the run's state is saved every CHECKPOINT_EVERY steps.
         continue_run: pick up the run saved in ``checkpoint``.
         snapshots: epochs whose weights go to ``out/snapshots`` (0 is the initialization);
-            default 0, 1, 2, half-way and the last.
+            default ``config.snapshots()``.
         checks: named scene sets scored after each epoch as progress (default: CHECK_SIZE test
             scenes and as many on the held-out family).
         log: receives progress lines (a JSON object per finished epoch).
     """
     if snapshots is None:
-        snapshots = tuple(sorted({0, 1, 2, max(1, config.epochs // 2), config.epochs}))
+        snapshots = config.snapshots()
     torch.manual_seed(config.seed)
     module = FashionZF(num_classes=10).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=5e-4)
@@ -293,9 +298,9 @@ def write_model_card(accuracy: float, per_class: list[float], held_out: tuple[st
         held = "No background family was held out of this run's training.\n"
     else:
         held = (
-            f"**{held_out[1]:.2%}** on the same 10,000 test items rendered the same way on backgrounds of "
-            f"the held-out family `{held_out[0]}` alone, a kind of background the model never saw in "
-            "training. Reproduce: `python -m vizkit train --eval-only` (both figures).\n"
+            f"**{held_out[1]:.2%}** on the same 10,000 test items rendered the same way on backgrounds of\n"
+            f"the held-out family `{held_out[0]}` alone, a kind of background the model never saw in\n"
+            "training. Reproduce: `python -m vizkit train --eval-only` (it prints both figures).\n"
         )
     history = ""
     if result is not None:
@@ -308,12 +313,15 @@ def write_model_card(accuracy: float, per_class: list[float], held_out: tuple[st
         )
         history = (
             "\n## Training run\n\n"
-            f"`{command}`. The accuracy columns are the first {CHECK_SIZE:,} test scenes and the same items "
-            "on the held-out family, printed after each epoch as progress only: nothing was tuned or "
-            "chosen on them, and the shipped weights are simply the last epoch's.\n\n"
+            f"`{command}`. The accuracy columns are the first {CHECK_SIZE:,} test scenes and the same\n"
+            "items on the held-out family, printed after each epoch as progress only: nothing was tuned\n"
+            "or chosen on them, and the shipped weights are simply the last epoch's. Minutes are wall\n"
+            "clock on a 2-core CPU that other jobs shared at times.\n\n"
             f"| epoch | train loss | {head} | minutes |\n"
             "|---|---|" + "---|" * len(names) + "---|\n" + history + "\n"
         )
+    epochs = [str(e) for e in config.snapshots()]
+    snapshot_list = ", ".join(epochs[:-1]) + " and " + epochs[-1]
     text = f"""# fashion-zf — model card
 
 A ZFNet-style CNN (5 convolutions with batch norm and `nn.ReLU` modules, max-pooling, global
@@ -352,8 +360,8 @@ label smoothing 0.05, channels-last, {"bfloat16 autocast (float32 weights)" if c
 ## Files
 
 - `fashion-zf.safetensors`: final weights (their metadata names the held-out family).
-- `snapshots/fashion-zf-epoch*.safetensors`: weights during training (epoch 0 is the
-  initialization), for the feature-evolution view.
+- `snapshots/fashion-zf-epoch*.safetensors`: weights at epochs {snapshot_list} (epoch 0 is
+  the initialization), for the feature-evolution view.
 - `fashion-scenes-subset.npz`: {SUBSET_SIZE} held-out scenes (the first {SUBSET_SIZE} test scenes),
   with labels and boxes.
 
