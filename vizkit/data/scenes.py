@@ -8,8 +8,8 @@ procedurally textured RGB canvas and keeps the object's box, so localization is 
 from __future__ import annotations
 
 import gzip
-import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from vizkit.core.assets import ASSETS
+from vizkit.data.backgrounds import (
+    HELD_OUT,
+    TRAINING_FAMILIES,
+    check_families,
+    draw_backgrounds,
+    training_families,
+)
 from vizkit.models.fashion_zf import FASHION_CLASSES
 
 FASHION_PACKAGE = "dataset-fashion-mnist"  # Debian's package of the idx files
@@ -25,6 +32,7 @@ FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 SUBSET_FILE = ASSETS / "fashion-scenes-subset.npz"
 SCENE_SIZE = 64
 TEST_SEED = 20131112  # Zeiler & Fergus's arXiv date; fixes the evaluation scenes
+FREE_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -131,64 +139,24 @@ def _item_boxes(items: torch.Tensor) -> torch.Tensor:
     return torch.stack([c0, r0, c1, r1], 1).float()
 
 
-def _luma(rgb: torch.Tensor) -> torch.Tensor:
-    return 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
-
-
-def _backgrounds(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """N×3×S×S textures in [0, 1]: smooth noise, gratings, stripes/checks, gradients, blends."""
-    u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
-    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    c1, c2 = u(n, 3, 1, 1), u(n, 3, 1, 1)
-
-    # Smooth colour noise at a random scale per sample (2..24 cells).
-    noise = torch.zeros(n, 3, size, size)
-    cells = torch.randint(2, 25, (n,), generator=g)
-    for c in cells.unique().tolist():
-        sel = cells == c
-        low = u(int(sel.sum()), 3, c, c)
-        noise[sel] = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-    noise = noise.clamp(0, 1)
-
-    # Oriented sinusoidal gratings, and their square-wave versions (stripes, checks).
-    angle = u(n, 1, 1) * math.pi
-    freq = 1 + u(n, 1, 1) * 9
-    phase = u(n, 1, 1) * 2 * math.pi
-    proj = xs * torch.cos(angle) + ys * torch.sin(angle)
-    wave = torch.sin(2 * math.pi * freq * proj + phase)
-    angle2 = angle + math.pi / 2
-    wave2 = torch.sin(2 * math.pi * freq * (xs * torch.cos(angle2) + ys * torch.sin(angle2)) + phase)
-    grating = (0.5 + 0.5 * wave).unsqueeze(1)
-    stripes = (wave > 0).float().unsqueeze(1)
-    checks = ((wave > 0) ^ (wave2 > 0)).float().unsqueeze(1)
-    ramp = proj.unsqueeze(1) / proj.flatten(1).amax(1).clamp_min(1e-6).view(n, 1, 1, 1)
-
-    family = torch.randint(0, 6, (n,), generator=g)
-    t = torch.stack([grating, stripes, checks, ramp], 0)  # 4×N×1×S×S
-    two_colour = c1 + (c2 - c1) * t[family.clamp(max=3), torch.arange(n)]
-    bg = torch.where((family < 4).view(n, 1, 1, 1), two_colour, noise)
-    # family 5: noise blended with a grating (textured and structured at once).
-    mixed = 0.5 * noise + 0.5 * two_colour
-    bg = torch.where((family == 5).view(n, 1, 1, 1), c1 + (mixed - 0.5) * 1.2, bg)
-    bg = bg + (u(n, 1, 1, 1) * 0.12) * (u(n, 3, size, size) - 0.5)  # fine grain
-    return bg.clamp(0, 1)
-
-
 def make_scenes(
     items: np.ndarray, labels: np.ndarray, seed: int, size: int = SCENE_SIZE,
-    batch: int = 2048,
+    batch: int = 2048, families: Sequence[str] = TRAINING_FAMILIES,
+    free_fraction: float = FREE_FRACTION,
 ) -> Scenes:
-    """Renders one scene per item, deterministically from ``seed``.
+    """Renders one scene per item, deterministically from ``seed``, on backgrounds drawn from
+    ``families`` (``vizkit.data.backgrounds.FAMILIES``; by default every family but the held-out one).
 
     The object is a solid silhouette (alpha from the item's intensity) shaded by the item's own
     pattern and tinted; its luminance is kept apart from the background's so the object, not the
     canvas, carries the class.
     """
+    families = check_families(families)
     images, boxes = [], []
     for start in range(0, len(items), batch):
         g = torch.Generator().manual_seed(seed * 1_000_003 + start)
         chunk = torch.tensor(items[start:start + batch], dtype=torch.float32)
-        img, box = _render(chunk, size, g)
+        img, box = _render(chunk, size, g, families, free_fraction)
         images.append(img)
         boxes.append(box)
     return Scenes(
@@ -197,14 +165,15 @@ def make_scenes(
     )
 
 
-def _render(items: torch.Tensor, size: int, g: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _render(items: torch.Tensor, size: int, g: torch.Generator,
+            families: tuple[str, ...], free_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     n, side = items.shape[0], items.shape[-1]
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
     flip = u(n) < 0.5
     items = torch.where(flip.view(n, 1, 1), items.flip(-1), items)
     tight = _item_boxes(items)  # c0, r0, c1, r1 in item pixels
 
-    bg = _backgrounds(n, size, g)
+    bg = draw_backgrounds(n, size, g, families)
     # Object scale: 28 px items become 28..52 px (never shrunk, so no detail is lost).
     scale = 1.0 + u(n) * (min(52, size - 8) / side - 1.0)
     half = side / 2
@@ -230,7 +199,7 @@ def _render(items: torch.Tensor, size: int, g: torch.Generator) -> tuple[np.ndar
     # versa); a fifth of the scenes are "free": any background, the tint farthest in colour from
     # the background among four draws, so the model also learns objects that differ by hue only.
     light_object = u(n) < 0.5
-    free = (u(n) < 0.2).view(n, 1, 1, 1)
+    free = (u(n) < free_fraction).view(n, 1, 1, 1)
     lo = light_object.view(n, 1, 1, 1)
     bg_split = torch.where(lo, 0.0, 0.5) + bg * torch.where(lo, 0.55, 0.5)
     bg = torch.where(free, bg, bg_split)
@@ -252,10 +221,19 @@ def _render(items: torch.Tensor, size: int, g: torch.Generator) -> tuple[np.ndar
     return image, box.numpy().astype(np.float32)
 
 
-def evaluation_scenes(size: int = SCENE_SIZE) -> Scenes:
-    """The evaluation scenes: the whole 10,000-item test split, rendered with TEST_SEED."""
+def evaluation_scenes(hold_out: str | None = HELD_OUT, count: int | None = None,
+                      size: int = SCENE_SIZE) -> Scenes:
+    """The model card's test scenes: the test split (its first ``count`` items; default all
+    10,000) rendered with TEST_SEED on backgrounds of every family but ``hold_out``."""
     items, labels = load_fashion_mnist("test")
-    return make_scenes(items, labels, seed=TEST_SEED, size=size)
+    return make_scenes(items[:count], labels[:count], seed=TEST_SEED, size=size,
+                       families=training_families(hold_out))
+
+
+def held_out_scenes(family: str = HELD_OUT, count: int | None = None, size: int = SCENE_SIZE) -> Scenes:
+    """The same test items rendered the same way (TEST_SEED), on backgrounds of ``family`` alone."""
+    items, labels = load_fashion_mnist("test")
+    return make_scenes(items[:count], labels[:count], seed=TEST_SEED, size=size, families=(family,))
 
 
 def bundled_subset() -> Scenes:
