@@ -639,3 +639,31 @@ def test_cli_says_how_an_approximate_map_was_made(tmp_path, capsys):
     assert f"approximate: {chosen.name} arithmetic on the changes ({chosen.reason})" in printed
     assert ("interpolated (checked error" in printed) != ("every position evaluated" in printed)
 
+
+
+def test_default_patch_batches_well_on_lite0():
+    """The page's defaults are powers of two: on EfficientNet-Lite0 (total stride 32) at 224 px
+    the positions fall into 4 classes modulo the network's stride, batched together; the
+    earlier default (patch 28, stride 14) put each of its 15 × 15 positions in a batch of its own."""
+    from vizkit.methods.occlusion.sensitivity import default_patch, default_stride
+
+    m = zoo_model("efficientnet_lite0")
+    inc = incremental.IncrementalOcclusion(m.module, m.preprocess(random_image(224, 224)))
+    assert inc.total_stride == 32
+
+    def classes(patch: int, stride: int) -> int:
+        grid = patch_grid(224, patch, stride)
+        period = inc.total_stride // np.gcd(stride, inc.total_stride)
+        return len({(int(y) // stride % period, int(x) // stride % period)
+                    for y in grid.ys for x in grid.xs})
+
+    assert default_patch(224) == (32, 16) and classes(32, 16) == 4
+    assert classes(28, 14) == 225  # 15 × 15 positions, one per class
+    assert default_patch(64) == (8, 4)  # the bundled model keeps its defaults
+    for size in (16, 32, 64, 96, 224, 240, 260, 512):
+        patch, stride = default_patch(size)
+        assert patch & (patch - 1) == 0 and stride == patch // 2 and 2 <= patch <= size // 2
+        assert patch_grid(size, patch, stride).ys.size >= 4
+    assert [default_stride(p) for p in (1, 3, 4, 14, 28, 32)] == [1, 1, 2, 4, 8, 16]
+    with pytest.raises(ValueError, match="at least 2"):
+        default_patch(1)

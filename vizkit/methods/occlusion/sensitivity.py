@@ -204,6 +204,27 @@ def patch_grid(size: int, patch: int, stride: int) -> _Grid:
     return _Grid(offsets, offsets.copy(), patch, size)
 
 
+def default_stride(patch: int) -> int:
+    """The largest power of two not above half of ``patch`` (1 for patches under 4)."""
+    return 1 << max(0, (max(1, patch // 2)).bit_length() - 1)
+
+
+def default_patch(size: int) -> tuple[int, int]:
+    """A patch and stride for an S×S input that batch well: ``(patch, stride)``.
+
+    The patch is the power of two nearest to an eighth of the side (at most half the side), the
+    stride :func:`default_stride`, half the patch. CNNs' total strides are powers of two
+    (EfficientNet-Lite0's is 32), and the incremental engine batches positions congruent modulo
+    it (``_Evaluator.evaluate``): a power-of-two stride puts a few dozen positions in each batch,
+    where a patch of 224 / 8 = 28 and a stride of 14 put each of 15 × 15 positions in a batch of
+    its own.
+    """
+    if not isinstance(size, int) or size < 2:
+        raise ValueError(f"input side must be an integer of at least 2, got {size!r}.")
+    patch = min(2 ** max(1, round(math.log2(size / 8))), max(2, size // 2))
+    return patch, default_stride(patch)
+
+
 def baseline_value(m: LoadedModel, baseline: Baseline) -> torch.Tensor:
     """The patch colour as a normalized 1×3×1×1 tensor on the model's device.
 
