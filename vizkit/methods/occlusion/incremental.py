@@ -276,7 +276,7 @@ class IncrementalOcclusion:
                     shift = shift + bn.bias
                 if conv.bias is not None:
                     shift = shift + conv.bias * scale
-                weight = (conv.weight * scale.view(-1, 1, 1, 1)).detach()
+                weight = (conv.weight * scale.view(-1, 1, 1, 1)).detach().to(conv.weight.dtype)
             absorbed, clamp = [bn_node], None
             act_node = next(iter(bn_node.users)) if len(bn_node.users) == 1 else None
             act = self.submodules.get(act_node.target) \
@@ -285,7 +285,7 @@ class IncrementalOcclusion:
                 absorbed, clamp = [bn_node, act_node], (0.0, math.inf)
             elif isinstance(act, nn.Hardtanh):  # ReLU6 included
                 absorbed, clamp = [bn_node, act_node], (float(act.min_val), float(act.max_val))
-            fusions[node] = (absorbed, weight, shift.detach(), clamp)
+            fusions[node] = (absorbed, weight, shift.detach().to(conv.weight.dtype), clamp)
         return fusions
 
     def _fused_full(self, node: fx.Node, x: torch.Tensor, absorbed: set[fx.Node]
