@@ -590,6 +590,25 @@ def test_interpolation_uses_every_known_cell_and_reproduces_a_plane():
     assert np.array_equal(_interpolate(line, ~np.isnan(line)), np.array([[1.0, 2.0, 3.0]] * 3))
 
 
+def test_drill_down_check_is_bilinear_on_the_coarse_lattice():
+    """The check predicts each sampled cell from the coarse lattice alone: exact for a plane and
+    for a saddle ``x·y`` (bilinear), a lattice cell keeps its value, an off-lattice cell's own
+    value is never read (NaN there changes nothing)."""
+    from vizkit.methods.occlusion.sensitivity import _bilinear
+
+    yy, xx = np.mgrid[0:13, 0:13].astype(float)
+    ys = xs = [*range(0, 13, 2)]
+    for surface in (0.3 * yy - 0.7 * xx + 2.0, 0.05 * yy * xx):
+        holes = surface.copy()
+        holes[1::2, :] = np.nan
+        holes[:, 1::2] = np.nan
+        assert np.allclose(_bilinear(holes, ys, xs), surface, atol=1e-12)
+    bumpy = np.zeros((5, 5))
+    bumpy[2, 2] = 1.0  # a lattice cell
+    predicted = _bilinear(bumpy, [0, 2, 4], [0, 2, 4])
+    assert predicted[2, 2] == 1.0 and predicted[1, 1] == 0.25 and predicted[1, 2] == 0.5
+
+
 def test_approximate_map_looks_like_the_exact_one_on_the_trained_model(fashion, eight_bit):
     """SSIM of approximate vs exact, on the trained bundled model (its maps have structure)."""
     from skimage.metrics import structural_similarity
