@@ -300,6 +300,9 @@ LITE0_CONTENT_LAYERS = ("blocks.10.out",)
 # σ of the Gaussian blur of the image before the network (pixels): the loss then cannot see, nor
 # its gradient draw, the one-pixel speckle that raw Lite0 features leave (bench/style_quality.py).
 LITE0_BLUR = 1.0
+# β of the default run: 10^1.5 ≈ 32 sits on the page's half-decade slider. With gram_norm each
+# style layer's term is relative (1 = as far as a zero Gram), so β no longer depends on the widths.
+LITE0_BETA = 10 ** 1.5
 
 
 def lite0_available() -> bool:
@@ -311,7 +314,7 @@ def lite0_available() -> bool:
 
 def build_lite0(weights: str | None, smoothing: Any = None,
                 style_layers: Sequence[str] = LITE0_STYLE_LAYERS,
-                content_layers: Sequence[str] = LITE0_CONTENT_LAYERS, style_weight: float = 30.0,
+                content_layers: Sequence[str] = LITE0_CONTENT_LAYERS, style_weight: float = LITE0_BETA,
                 blur: float = LITE0_BLUR) -> tuple[nn.Module, dict[str, Any]]:
     """EfficientNet-Lite0's features (``lite.LiteFeatures``, optionally ``lite.Smoothing``-ed) and
     their ``FeatureExtractor`` fields: L-BFGS, each style layer's term normalized (``gram_norm``)."""
@@ -350,8 +353,7 @@ def _build_lite0_smooth(weights: str | None) -> tuple[nn.Module, dict[str, Any]]
 
 
 def _build_lite0_raw(weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
-    return build_lite0(weights, None, LITE0_RAW_STYLE_LAYERS, LITE0_RAW_CONTENT_LAYERS,
-                       style_weight=30.0, blur=0.0)
+    return build_lite0(weights, None, LITE0_RAW_STYLE_LAYERS, LITE0_RAW_CONTENT_LAYERS, blur=0.0)
 
 
 #: The extractors ``style_transfer`` accepts, in order of preference (``default_extractor``).
