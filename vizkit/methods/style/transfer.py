@@ -150,13 +150,13 @@ def style_transfer(
 
     Args:
         content, style: RGB uint8 H×W×3 images (any size; the style is resized to the output).
-        extractor: a name from ``extractors.EXTRACTORS`` (``"vgg19"``, ``"random-multiscale"``)
-            or a ``FeatureExtractor``.
+        extractor: a name from ``extractors.EXTRACTORS`` (``"vgg19"``, ``"efficientnet-lite0"``,
+            ``"random-multiscale"``...) or a ``FeatureExtractor``.
         content_layers, style_layers: dotted layer names; ``None`` takes the extractor's.
         content_weight, style_weight: α and β; ``None`` takes the extractor's.
         tv_weight: γ, total-variation smoothing of the image.
-        optimizer: ``"lbfgs"`` or ``"adam"``; ``None`` takes the extractor's (L-BFGS for VGG19,
-            Adam for random-multiscale).
+        optimizer: ``"lbfgs"`` or ``"adam"``; ``None`` takes the extractor's (L-BFGS for VGG19
+            and EfficientNet-Lite0, Adam for random-multiscale).
         steps: objective evaluations.
         size: the output's longer side in pixels (the content's aspect ratio is kept).
         init: start from the ``"content"`` image or from ``"noise"``.
