@@ -197,3 +197,38 @@ def test_a_short_run_on_lite0_lowers_its_loss_and_moves_towards_the_style():
     assert last["style"] < first["style"]
     assert steps[-1].done and steps[-1].image.shape == (64, 64, 3)
     assert not np.array_equal(steps[-1].image, content)
+
+
+def test_objective_gradient_with_per_layer_gram_normalization_matches_autograd():
+    # Untrained weights (no wheel needed), smoothed style layers, blurred input, gram_norm.
+    from vizkit.methods.style import losses as style_losses
+    from vizkit.methods.style.lite import Smoothing as Smooth
+
+    module, fields = extractors.build_lite0(None, Smooth(1.0, "layer", raw=("input", "blocks.10.out")))
+    ext = extractors.assemble("lite0-test", module, fields, "cpu")
+    assert ext.gram_norm
+    content = vs._to_tensor(random_image(48, 48, 0), ext.device)
+    style = vs._to_tensor(random_image(48, 48, 1), ext.device)
+    settings = style_losses.LossSettings(ext.content_layers, ext.style_layers, 2.0, 30.0, 0.0)
+    objective = style_losses.Objective(ext, content, style, settings)
+    x = torch.rand(1, 3, 48, 48, requires_grad=True)
+    losses = objective.evaluate(x, backward=True)
+
+    # The oracle: the textbook losses on the same features, each style layer divided by
+    # mean(A²) of its target Gram, differentiated by autograd.
+    y = x.detach().clone().requires_grad_(True)
+    norm = lambda t: ((t - objective.mean) / objective.std).contiguous(memory_format=torch.channels_last)
+    layers = ext.style_layers + ext.content_layers
+    feats = ext.module.walk(norm(y), layers)
+    with torch.no_grad():
+        c_feats, s_feats = ext.module.walk(norm(content), layers), ext.module.walk(norm(style), layers)
+    c_term = sum(((feats[k] - c_feats[k]) ** 2).mean() for k in ext.content_layers)
+    s_term = 0.0
+    for k in ext.style_layers:
+        target = style_losses.gram_matrix(s_feats[k])
+        s_term = s_term + ((style_losses.gram_matrix(feats[k]) - target) ** 2).mean() / (target ** 2).mean()
+    total = 2.0 * c_term + 30.0 * s_term
+    total.backward()
+    assert losses["style"] == pytest.approx(30.0 * float(s_term.detach()), rel=1e-4)
+    assert losses["total"] == pytest.approx(float(total.detach()), rel=1e-4)
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-3, atol=1e-3 * float(y.grad.abs().max()))
