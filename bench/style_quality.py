@@ -22,7 +22,8 @@ Extractors (``--extractors``): ``random`` (``random-multiscale``, untrained filt
 plain SWAG smoothing of Wang et al. 2021), ``lite0-smooth`` (``efficientnet-lite0-smooth``: the
 default's layers, softmaxed after dividing by the layer's RMS) and ``lite0`` (the default
 ``efficientnet-lite0``: the image's colour moments and the ReLU6 outputs of the stem and of four
-expansions, raw, on the image blurred with σ = 1 px). The Lite0 variants use L-BFGS and
+expansions, raw, on the image blurred with σ = 1 px, with a total-variation term γ = 100). Each
+runs with its own defaults otherwise (TV off for the others). The Lite0 variants use L-BFGS and
 normalize each style layer's term by its target (``gram_norm``). The row ``content`` scores the
 content image itself: where every run starts.
 

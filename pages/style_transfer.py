@@ -120,7 +120,9 @@ default_style = round(2 * np.log10(extractor.style_weight)) / 2  # the half-deca
 log_content = w1.slider("Content weight (log₁₀ α)", -3, 3, 0, key="style_w_content")
 log_style = w2.slider("Style weight (log₁₀ β)", 0.0, 9.0, default_style, step=0.5,
                       key=f"style_w_style_{extractor.name}")
-log_tv = w3.slider("Smoothness (log₁₀ TV weight; −6 = off)", -6, 2, -6, key="style_w_tv")
+default_tv = int(round(np.log10(extractor.tv_weight))) if extractor.tv_weight > 0 else -6
+log_tv = w3.slider("Smoothness (log₁₀ TV weight; −6 = off)", -6, 2, default_tv,
+                   key=f"style_w_tv_{extractor.name}")
 k1, k2 = st.columns(2)
 preserve_color = k1.checkbox("Preserve colors (transfer luminance only)", key="style_preserve")
 coarse_possible = size // 2 >= COARSE_MIN_SIZE

@@ -145,6 +145,9 @@ def test_registered_variants_and_their_layers():
             out = ext.module.walk(x, ext.style_layers + ext.content_layers)
         assert set(out) == set(ext.style_layers + ext.content_layers)
         assert all(torch.isfinite(v).all() for v in out.values())
+    # Only the default smooths the image by default (total variation); the variants are as tried.
+    assert extractors.get_extractor("efficientnet-lite0", "cpu").tv_weight == extractors.LITE0_TV > 0
+    assert extractors.get_extractor("efficientnet-lite0-raw", "cpu").tv_weight == 0
     smooth_ext = extractors.get_extractor("efficientnet-lite0-smooth", "cpu")
     assert smooth_ext.module.smoothing is not None
     assert extractors.get_extractor("efficientnet-lite0", "cpu").module.smoothing is None
@@ -195,6 +198,7 @@ def test_a_short_run_on_lite0_lowers_its_loss_and_moves_towards_the_style():
     first, last = steps[0].losses, steps[-1].losses
     assert last["total"] < 0.7 * first["total"]
     assert last["style"] < first["style"]
+    assert first["tv"] > 0  # the extractor's default γ applies when tv_weight is not given
     assert steps[-1].done and steps[-1].image.shape == (64, 64, 3)
     assert not np.array_equal(steps[-1].image, content)
 

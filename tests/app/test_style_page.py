@@ -21,6 +21,7 @@ def test_style_page_runs_a_few_steps_and_keeps_the_result(bundled_ready):
         assert EXTRACTORS["random-multiscale"].title in at.selectbox(key="style_extractor").options
         assert at.select_slider(key="style_size").value == 256
         assert at.slider(key="style_w_style_efficientnet-lite0").value == 1.5
+        assert at.slider(key="style_w_tv_efficientnet-lite0").value == 2  # γ = 100
     elif not vgg19_available():
         assert any("untrained random filters" in i.value for i in at.info)
         assert at.selectbox(key="style_extractor").value == "random-multiscale"

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "random-multiscale)")
     parser.add_argument("--content-weight", type=float, default=None)
     parser.add_argument("--style-weight", type=float, default=None)
-    parser.add_argument("--tv-weight", type=float, default=0.0)
+    parser.add_argument("--tv-weight", type=float, default=None, help="default: the extractor's")
     parser.add_argument("--init", choices=("content", "noise"), default="content")
     parser.add_argument("--preserve-color", action="store_true", help="transfer luminance only")
     parser.add_argument("--content-layers", nargs="+", default=None, metavar="LAYER")
