@@ -7,7 +7,15 @@ import streamlit as st
 
 from pages import _ui as ui
 from vizkit import render
-from vizkit.methods.occlusion.sensitivity import MODES, OcclusionRun, approximation_summary, occlusion
+from vizkit.methods.occlusion.sensitivity import (
+    MODES,
+    OcclusionRun,
+    approximation_summary,
+    default_patch,
+    default_stride,
+    occlusion,
+    patch_grid,
+)
 
 PAGE = "occlusion"
 RUNNING = "occ_running"
@@ -32,8 +40,11 @@ m, picked = ui.require_inputs()
 s = m.input_size
 c1, c2, c3 = st.columns(3)
 with c1:
-    patch = int(st.slider("Patch size (px)", 2, s // 2, max(2, s // 8), key=f"occ_patch_{s}"))
-    stride = int(st.slider("Stride (px)", 1, patch, max(1, patch // 2), key=f"occ_stride_{s}_{patch}"))
+    # Defaults in powers of two: positions congruent modulo the network's stride batch together.
+    patch = int(st.slider("Patch size (px)", 2, s // 2, default_patch(s)[0], key=f"occ_patch_{s}"))
+    stride = int(st.slider("Stride (px)", 1, patch, default_stride(patch), key=f"occ_stride_{s}_{patch}",
+                           help="Powers of two batch best: positions a multiple of the network's "
+                                "total stride apart are computed together."))
 with c2:
     target = ui.class_options(m, picked, key="occ_class")
     baseline = st.selectbox("Patch colour", ["mean", "grey", "zero"], key="occ_baseline",
@@ -42,7 +53,7 @@ with c3:
     mode = st.radio("Mode", list(MODES), key="occ_mode",
                     help=" · ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
     layer = ui.layer_picker(m, key="occ_layer", label="Feature-map layer")
-positions = ((s - patch) // stride + 1) ** 2
+positions = patch_grid(s, patch, stride).ys.size ** 2
 st.caption(f"{positions} patch positions on the {s}×{s} input. Mode *{mode}*: {MODE_HELP[mode]}.")
 
 b1, b2, _ = st.columns([1, 1, 4])

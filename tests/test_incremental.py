@@ -124,3 +124,62 @@ def test_projective_field_cap_keeps_a_centred_box():
     assert (capped.h, capped.w) == (6, 6)
     assert capped.ys.tolist() == [1, 5] and capped.xs.tolist() == [1, 5]
     assert torch.equal(capped.delta, delta[:, :, 2:8, 1:7])
+
+
+class ConvBnAct(nn.Module):
+    """Convolution → BatchNorm → ReLU6 / ReLU / nothing, each the only reader of the one before,
+    on maps small enough that a patch's box covers most of them (run in full, folded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act1 = nn.ReLU6()
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=True)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.act2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(8, 6, 1)
+        self.bn3 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
+        return self.fc(self.bn3(self.conv3(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("layer", "kept"),
+                         [(None, None), ("conv2", "conv2"), ("bn2", "conv2"), ("bn3", None)])
+def test_convolution_batchnorm_activation_fold_exactly_in_full(monkeypatch, layer, kept):
+    """Run in full, a convolution with the BatchNorm (and ReLU6/ReLU) after it is one
+    convolution with folded weights: the map and a watched feature's drop equal full
+    inference's (a watched convolution, or BatchNorm before an activation, is not folded away)."""
+    torch.manual_seed(3)
+    net = ConvBnAct()
+    with torch.no_grad():
+        for bn in (net.bn1, net.bn2, net.bn3):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.3, 3.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    m = wrap_module(net, dataclasses.replace(TINY_SPEC, input_size=12), device="cpu")
+    folded = []
+    fused_full = incremental.IncrementalOcclusion._fused_full
+
+    def spy(self, node, x, absorbed):
+        out = fused_full(self, node, x, absorbed)
+        folded.append((node.name, out is not None))
+        return out
+
+    monkeypatch.setattr(incremental.IncrementalOcclusion, "_fused_full", spy)
+    img = random_image(12, 12, seed=4)
+    logit = lambda logits: logits[:, 1]
+    kwargs = dict(patch=8, stride=2, layer=layer)
+    full = occlusion(m, img, logit, mode="full", **kwargs)
+    exact = occlusion(m, img, logit, **kwargs)
+    assert any(done for _, done in folded)
+    if kept is not None:  # a watched node inside a fold keeps its value: not folded
+        assert (kept, True) not in folded and (kept, False) in folded
+    if layer is not None:  # (a watched last node of a fold is the fold's value)
+        assert_close_map(exact.info["feature_map"], full.info["feature_map"],
+                         clean=full.info["feature_clean"])
+    assert_close_map(exact.map, full.map, clean=full.info["clean_probability"])

@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vizkit.methods.occlusion import int8
-from vizkit.methods.occlusion.int8 import Int8Kernels, available, exact_weight_levels, quantize_rows
+from vizkit.methods.occlusion.int8 import (
+    Int8Kernels,
+    available,
+    exact_weight_levels,
+    quantize_pixels,
+    quantize_rows,
+)
 
 pytestmark = pytest.mark.skipif(not available(torch.device("cpu")),
                                 reason="oneDNN's quantized kernels are not in this build")
@@ -41,6 +47,41 @@ def test_quantize_rows_round_trips_within_half_a_level():
     assert torch.equal(back[2], torch.zeros_like(back[2]))
     peak = x.flatten(1).abs().amax(1)
     assert torch.allclose(scale.flatten()[:2], peak[:2] / 127)
+
+
+def test_quantize_pixels_round_trips_within_half_a_level_per_pixel():
+    x = torch.randn(2, 16, 3, 4)
+    x[0, :, 0, 0] *= 1e-6  # a faint pixel keeps its own scale
+    x[1, :, 2, 3] = 0
+    q, scale = quantize_pixels(x)
+    assert q.dtype == torch.uint8 and q.is_contiguous(memory_format=torch.channels_last)
+    assert scale.shape == (2, 1, 3, 4)
+    back = (q.float() - 128) * scale
+    assert torch.all((back - x).abs() <= 0.5 * scale + 1e-12)
+    assert torch.equal(back[1, :, 2, 3], torch.zeros(16))
+    assert torch.allclose(scale[:, 0], x.abs().amax(1) / 127)
+
+
+def test_pointwise_conv_of_a_fading_change_is_precise_at_every_pixel():
+    """A change strong at the patch and faint at its box's edges (as past a few layers): a 1×1
+    convolution keeps 2% at every output pixel (one scale per pixel), where one scale per
+    position would leave the faint pixels a level or two (checked: its error there is large)."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(96, 64, 1)
+    fade = torch.logspace(0, -3, 9).view(1, 1, 1, 9)  # 1 down to 1e-3 across the box
+    delta = torch.randn(3, 96, 5, 9) * fade
+    kernels = Int8Kernels(LEVELS)
+    with torch.inference_mode():
+        ours = kernels.conv2d(delta, conv, (0, 0))
+        reference = F.conv2d(delta, conv.weight)
+        q, scale = quantize_rows(delta.contiguous(memory_format=torch.channels_last))
+        per_position = F.conv2d((q.float() - 128) * scale, conv.weight)
+
+    def pixel_error(out):  # per output pixel: ||error over channels|| / ||reference||
+        return (out - reference).norm(dim=1) / reference.norm(dim=1)
+
+    assert pixel_error(ours).max() < 0.02
+    assert pixel_error(per_position)[..., -1].min() > 0.1
 
 
 @pytest.mark.parametrize(("cin", "cout", "groups", "stride", "padding"),

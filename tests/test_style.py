@@ -349,7 +349,8 @@ def test_missing_vgg19_weights_point_to_the_untrained_extractor(monkeypatch, tmp
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    assert not extractors.vgg19_available() and extractors.default_extractor() == "random-multiscale"
+    assert not extractors.vgg19_available()
+    assert extractors.default_extractor() != "vgg19"  # Lite0 or random filters: test_style_lite.py
     with pytest.raises(WeightsError, match="random-multiscale"):
         extractors.get_extractor("vgg19", "cpu")
 

@@ -115,6 +115,7 @@ def finish(pg, name: str) -> None:
     assert pg.locator('[data-testid="stAlertContentError"]').count() == 0, pg.locator(
         '[data-testid="stAlertContentError"]').first.inner_text()
     SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.mouse.move(0, 0)  # no tooltip of the last button pressed over the picture
     pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 

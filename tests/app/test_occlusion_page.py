@@ -14,6 +14,8 @@ def test_occlusion_on_a_sample_photo(bundled_ready):
     m = bundled_ready
     at = open_page("occlusion", state={**BUNDLED, "vk_source": "Sample image", "vk_sample": "chelsea"})
     assert_clean(at)
+    # Defaults in powers of two (sensitivity.default_patch): patch 8, stride 4 at 64 px.
+    assert at.slider(key="occ_patch_64").value == 8 and at.slider(key="occ_stride_64_8").value == 4
     at.slider(key="occ_patch_64").set_value(16).run()
     at.slider(key="occ_stride_64_16").set_value(16).run()
     at.button(key="occ_go").click().run()

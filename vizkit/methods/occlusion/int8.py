@@ -2,8 +2,9 @@
 
 Incremental occlusion (``incremental.py``) runs linear layers on the change an occluding
 patch makes, ``delta``, never on the activations themselves. A change quantizes well: each
-position's change is scaled by its own largest magnitude to 127 levels, so a weak patch keeps
-the same relative precision as a strong one, and the product comes back in float32. The
+position's change is scaled by its own largest magnitude to 127 levels (for a 1×1 convolution,
+each pixel's channels by theirs: :func:`quantize_pixels`), so a weak patch keeps the same
+relative precision as a strong one, and the product comes back in float32. The
 result's error is about 1% of each layer's change (1.3% with 7-bit weights), where quantizing
 the activations would bury a patch's small change under the rounding of the large clean values.
 
@@ -79,6 +80,20 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(torch.uint8).bitwise_xor_(0x80), scale
 
 
+def quantize_pixels(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (B×C×H×W) as channels-last u8 with one scale per pixel: ``x ≈ (q - 128) * scale``.
+
+    ``scale`` is B×1×H×W. A 1×1 convolution mixes channels at one pixel only, so each output
+    pixel takes its input pixel's scale exactly; a change fading out over its box keeps 127 levels
+    at every pixel, where one scale per position leaves the faint edges of the box a few.
+    """
+    x = x.contiguous(memory_format=torch.channels_last)
+    peak = torch.maximum(x.amax(1, keepdim=True), x.amin(1, keepdim=True).neg_())
+    peak = peak.clamp_min_(torch.finfo(x.dtype).tiny)
+    q = x.mul(_LEVELS / peak).round_().to(torch.int8)
+    return q.view(torch.uint8).bitwise_xor_(0x80), peak.div_(_LEVELS)
+
+
 def _weight_scales(w: torch.Tensor, levels: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-channel symmetric s8 weights in ``-levels..levels`` and their scales.
 
@@ -147,7 +162,12 @@ class Int8Kernels:
             weight, w_scale, w_zero = _packed(mod, key, lambda qw, scale: (
                 torch.ops.onednn.qconv_prepack(qw, scale, 1.0, _ZERO_POINT, stride, padding,
                                                dilation, mod.groups, None)), self.weight_levels)
-            q, scale = quantize_rows(delta.contiguous(memory_format=torch.channels_last))
+            pointwise = mod.kernel_size == (1, 1) and mod.stride == (1, 1) and mod.groups == 1 \
+                and tuple(padding) == (0, 0)
+            # Per pixel where that is exact for the product (see quantize_pixels), per position
+            # otherwise.
+            q, scale = (quantize_pixels if pointwise else quantize_rows)(
+                delta.contiguous(memory_format=torch.channels_last))
             out = torch.ops.onednn.qconv2d_pointwise(
                 q, 1.0, _ZERO_POINT, weight, w_scale, w_zero, None, stride, padding,
                 dilation, mod.groups, 1.0, 0, torch.float32, "none", [], "")

@@ -204,6 +204,27 @@ def patch_grid(size: int, patch: int, stride: int) -> _Grid:
     return _Grid(offsets, offsets.copy(), patch, size)
 
 
+def default_stride(patch: int) -> int:
+    """The largest power of two not above half of ``patch`` (1 for patches under 4)."""
+    return 1 << max(0, (max(1, patch // 2)).bit_length() - 1)
+
+
+def default_patch(size: int) -> tuple[int, int]:
+    """A patch and stride for an S×S input that batch well: ``(patch, stride)``.
+
+    The patch is the power of two nearest to an eighth of the side (at most half the side), the
+    stride :func:`default_stride`, half the patch. CNNs' total strides are powers of two
+    (EfficientNet-Lite0's is 32), and the incremental engine batches positions congruent modulo
+    it (``_Evaluator.evaluate``): a power-of-two stride puts a few dozen positions in each batch,
+    where a patch of 224 / 8 = 28 and a stride of 14 put each of 15 × 15 positions in a batch of
+    its own.
+    """
+    if not isinstance(size, int) or size < 2:
+        raise ValueError(f"input side must be an integer of at least 2, got {size!r}.")
+    patch = min(2 ** max(1, round(math.log2(size / 8))), max(2, size // 2))
+    return patch, default_stride(patch)
+
+
 def baseline_value(m: LoadedModel, baseline: Baseline) -> torch.Tensor:
     """The patch colour as a normalized 1×3×1×1 tensor on the model's device.
 
@@ -589,7 +610,8 @@ class _DrillDown:
             idx = list(range(0, n, COARSE_STEP))
             return idx if idx[-1] == n - 1 else [*idx, n - 1]
 
-        coarse = [(iy, ix) for iy in coarse_axis(ny) for ix in coarse_axis(nx)]
+        self.lattice = (coarse_axis(ny), coarse_axis(nx))
+        coarse = [(iy, ix) for iy in self.lattice[0] for ix in self.lattice[1]]
         # The check sample: the centres of every other coarse square, the positions farthest
         # from the coarse grid (a strict check); being one residue class of the grid, they
         # batch together with no batch fragmentation.
@@ -603,10 +625,7 @@ class _DrillDown:
         self.stages = [lambda _scores: self.first, self._then]
 
     def _then(self, scores: np.ndarray) -> list[tuple[int, int]]:
-        known = ~np.isnan(scores)
-        for c in self.checked:  # predict the sample from the coarse grid alone
-            known[c] = False
-        predicted = _interpolate(np.where(known, scores, np.nan), known)
+        predicted = _bilinear(scores, *self.lattice)  # the sample from the coarse grid alone
         error = np.array([scores[c] - predicted[c] for c in self.checked])
         span = float(np.ptp(scores[~np.isnan(scores)])) or 1.0
         self.interpolation_error = float(np.sqrt(np.mean(error ** 2))) / span if len(error) else 0.0
@@ -624,6 +643,20 @@ class _DrillDown:
         sensitivity = np.abs(estimate - np.median(estimate[evaluated])) + spread
         left.sort(key=lambda c: -sensitivity[c])
         return left[:math.ceil(REFINE_FRACTION * len(left))]
+
+
+def _bilinear(values: np.ndarray, ys: list[int], xs: list[int]) -> np.ndarray:
+    """Bilinear interpolation of ``values`` from the lattice of rows ``ys`` × columns ``xs``.
+
+    The drill-down's check: exact for a plane, like :func:`_interpolate`, without a
+    triangulation. Qhull's Delaunay triangulation of a regular lattice (its cells cocircular four
+    by four) took anywhere from 0.002 to 4 CPU seconds for the same 14×14 lattice, more than a
+    third of a whole EfficientNet-Lite0 run.
+    """
+    ny, nx = values.shape
+    lattice = values[np.ix_(ys, xs)]
+    rows = np.stack([np.interp(np.arange(nx), xs, row) for row in lattice])
+    return np.stack([np.interp(np.arange(ny), ys, column) for column in rows.T], axis=1)
 
 
 def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:

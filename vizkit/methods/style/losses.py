@@ -120,6 +120,11 @@ class Objective:
             style_feats = self.features(style, style_layers)
             self.content_targets = {k: content_feats[k].float() for k in content_layers}
             self.style_grams = {k: gram_of_rows(as_rows(style_feats[k].float())) for k in style_layers}
+        # Per-layer factors of the style term: 1, or 1 / mean(A²) with the extractor's gram_norm.
+        self.style_scales = {
+            k: 1.0 / max(float(g.square().mean()), 1e-30) if extractor.gram_norm else 1.0
+            for k, g in self.style_grams.items()
+        }
 
     def features(self, image: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         x = ((image - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
@@ -140,8 +145,9 @@ class Objective:
                     value, grad = content_term(h, self.content_targets[layer], self.weights["content"])
                     terms["content"] += value
                 if layer in self.style_grams:
-                    value, g = style_term(h, self.style_grams[layer], self.weights["style"])
-                    terms["style"] += value
+                    scale = self.style_scales[layer]
+                    value, g = style_term(h, self.style_grams[layer], self.weights["style"] * scale)
+                    terms["style"] += value * scale
                     grad = g if grad is None else grad.add_(g)
                 roots.append(h)
                 grads.append(grad.to(h.dtype).contiguous(memory_format=torch.channels_last))

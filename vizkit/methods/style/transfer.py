@@ -125,7 +125,7 @@ def style_transfer(
     style_layers: Sequence[str] | None = None,
     content_weight: float | None = None,
     style_weight: float | None = None,
-    tv_weight: float = 0.0,
+    tv_weight: float | None = None,
     optimizer: str | None = None,
     steps: int = 100,
     size: int = 256,
@@ -150,13 +150,14 @@ def style_transfer(
 
     Args:
         content, style: RGB uint8 H×W×3 images (any size; the style is resized to the output).
-        extractor: a name from ``extractors.EXTRACTORS`` (``"vgg19"``, ``"random-multiscale"``)
-            or a ``FeatureExtractor``.
+        extractor: a name from ``extractors.EXTRACTORS`` (``"vgg19"``, ``"efficientnet-lite0"``,
+            ``"random-multiscale"``...) or a ``FeatureExtractor``.
         content_layers, style_layers: dotted layer names; ``None`` takes the extractor's.
         content_weight, style_weight: α and β; ``None`` takes the extractor's.
-        tv_weight: γ, total-variation smoothing of the image.
-        optimizer: ``"lbfgs"`` or ``"adam"``; ``None`` takes the extractor's (L-BFGS for VGG19,
-            Adam for random-multiscale).
+        tv_weight: γ, total-variation smoothing of the image; ``None`` takes the extractor's
+            (0 except for ``efficientnet-lite0``).
+        optimizer: ``"lbfgs"`` or ``"adam"``; ``None`` takes the extractor's (L-BFGS for VGG19
+            and EfficientNet-Lite0, Adam for random-multiscale).
         steps: objective evaluations.
         size: the output's longer side in pixels (the content's aspect ratio is kept).
         init: start from the ``"content"`` image or from ``"noise"``.
@@ -188,7 +189,7 @@ def style_transfer(
         style_layers=ext.check_layers(style_layers or ext.style_layers),
         content_weight=ext.content_weight if content_weight is None else float(content_weight),
         style_weight=ext.style_weight if style_weight is None else float(style_weight),
-        tv_weight=float(tv_weight),
+        tv_weight=ext.tv_weight if tv_weight is None else float(tv_weight),
     )
     device = ext.device
 
