@@ -227,7 +227,7 @@ def train(config: TrainConfig, *, out: Path = ASSETS, checkpoint: Path = CHECKPO
         if config.hold_out is not None:
             checks["held_out"] = held_out_scenes(config.hold_out, CHECK_SIZE)
     families = config.families()
-    start = time.time()
+    start, base = time.time(), state.minutes  # minutes spent by the processes before this one
     # Scenes are rendered 4096 at a time (~50 MB) from chunks at fixed offsets of the epoch's
     # order, so a run continued mid-epoch renders the very same scenes.
     chunk = config.batch * max(1, 4096 // config.batch)
@@ -255,20 +255,22 @@ def train(config: TrainConfig, *, out: Path = ASSETS, checkpoint: Path = CHECKPO
             state.losses.append(loss.item())
             state.step = step + 1
             if state.step % CHECKPOINT_EVERY == 0 and state.step < steps_per_epoch:
+                state.minutes = base + (time.time() - start) / 60
                 _save_checkpoint(checkpoint, state, module, opt, sched)
-                minutes = state.minutes + (time.time() - start) / 60
+                minutes = base + (time.time() - start) / 60
                 log(f"epoch {epoch}/{config.epochs} step {state.step}/{steps_per_epoch} "
                     f"loss {np.mean(state.losses[-CHECKPOINT_EVERY:]):.3f} ({minutes:.1f} min)")
         row = {"epoch": epoch, "loss": float(np.mean(state.losses))}
         for name, check in checks.items():
             row[f"{name}_accuracy"], _ = evaluate(module, check.images, check.labels)
-        row["minutes"] = state.minutes + (time.time() - start) / 60
+        row["minutes"] = base + (time.time() - start) / 60
         state.history.append(row)
         log(json.dumps(row))
         if epoch in snapshots:
             save_weights(module, out / "snapshots" / f"fashion-zf-epoch{epoch}.safetensors", config.hold_out)
         save_weights(module, out / WEIGHTS_FILE.name, config.hold_out)  # usable (preliminary) weights early
         state.epoch, state.step, state.losses = epoch + 1, 0, []
+        state.minutes = row["minutes"]
         _save_checkpoint(checkpoint, state, module, opt, sched)
     return TrainingRun(history=state.history,
                        minutes=state.history[-1]["minutes"] if state.history else 0.0,
