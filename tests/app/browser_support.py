@@ -7,6 +7,7 @@ shares the same session-scoped instances (two sync_playwright instances cannot c
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -117,6 +118,16 @@ def finish(pg, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     pg.mouse.move(0, 0)  # no tooltip of the last button pressed over the picture
     pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def use_dataset_scenes(pg) -> object:
+    """Picks *Dataset scene* in the sidebar (which selects the bundled fashion-zf, the model the
+    app's mining index and scenes are for; the app opens on a photo and EfficientNet-Lite0) and
+    waits for the scene field; returns the sidebar."""
+    sidebar = pg.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Dataset scene", exact=True).click()
+    sidebar.get_by_label(re.compile(r"^Scene")).first.wait_for()
+    return sidebar
 
 
 def upload_in_sidebar(pg, path) -> object:

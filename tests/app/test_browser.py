@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from browser_support import CHROMIUM, finish, open_app, press, upload_in_sidebar
+from browser_support import CHROMIUM, finish, open_app, press, upload_in_sidebar, use_dataset_scenes
 
 from app_support import ROOT
 
@@ -60,6 +60,8 @@ def test_occlusion_with_an_uploaded_file(page, server, tmp_path):
 ])
 def test_every_page_without_an_exception(page, server, path, button, wait_text):
     open_app(page, server, path)
+    if path == "activations":  # the shipped mining index is the bundled model's
+        use_dataset_scenes(page)
     if button:
         press(page, button)
     if wait_text:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("playwright")
-from browser_support import LAUNCH_ARGS, TIMEOUT_MS, open_app, press  # noqa: E402, F401
+from browser_support import LAUNCH_ARGS, TIMEOUT_MS, open_app, press, use_dataset_scenes  # noqa: E402, F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def metric(pg, label: str) -> str:
 
 
 def choose_scene(pg, index: int) -> None:
-    sidebar = pg.locator('[data-testid="stSidebar"]')
+    sidebar = use_dataset_scenes(pg)
     field = sidebar.get_by_label(re.compile(r"^Scene"))
     field.fill(str(index))
     field.press("Enter")
