@@ -72,7 +72,7 @@ def test_probes_page_shows_accuracy_per_layer(bundled_ready):
 @pytest.mark.slow
 def test_probes_page_falls_back_to_the_bundled_scenes_without_fashion_mnist(bundled_ready,
                                                                            no_fashion_mnist):
-    at = open_page("zf_probes")
+    at = open_page("zf_probes", state=BUNDLED)
     assert_clean(at)
     assert any("dataset-fashion-mnist" in box.value for box in at.info), [b.value for b in at.info]
     at.select_slider(key="probe_n").set_value(200)
