@@ -17,6 +17,25 @@ from vizkit.methods.occlusion.sensitivity import occlusion
 from vizkit.methods.prediction import predict
 from vizkit.video.live import VIEWS, LiveProcessor, LiveSettings, NewestFrameRelay, draw_view
 
+
+def run_async(coro):
+    """``asyncio.run(coro)`` in a thread of its own: an event loop that another test (or a library
+    it drove) left set as running in this thread cannot refuse it."""
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as error:  # re-raised in the test's thread
+            result["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
 WAIT_S = 300  # generous: a stalled processor never finishes; a slow shared CPU eventually does
 
 
@@ -33,7 +52,7 @@ def test_only_the_newest_of_the_queued_frames_is_processed(tiny):
     images = clip_frames(5, 40, 48)
     settings = LiveSettings(view="predictions")
     proc = LiveProcessor(tiny.private_copy(), settings)
-    (out,) = asyncio.run(proc.recv_queued(av_frames(images)))
+    (out,) = run_async(proc.recv_queued(av_frames(images)))
     want, _ = draw_view(tiny, images[-1], settings)
     assert np.array_equal(out.to_ndarray(format="rgb24"), want)
     stats = proc.stats()
@@ -41,7 +60,7 @@ def test_only_the_newest_of_the_queued_frames_is_processed(tiny):
     assert np.array_equal(proc.frozen_image(), images[-1])
     # frames the relay overwrote are counted from the timestamps: frame 9 next, 3 more skipped
     later = av_frames(clip_frames(10, 40, 48))[9]
-    asyncio.run(proc.recv_queued([later]))
+    run_async(proc.recv_queued([later]))
     assert proc.stats().processed == 2 and proc.stats().dropped == 8
 
 
@@ -182,10 +201,10 @@ def test_the_relay_hands_over_the_newest_frame_not_a_queue():
         got = await first
         return got.pts, source.frames[-1].pts, source.frames[0].pts
 
-    got, newest, oldest = asyncio.run(scenario(NewestFrameRelay()))
+    got, newest, oldest = run_async(scenario(NewestFrameRelay()))
     assert got == newest != oldest
     # aiortc's own relay, buffered, hands over the oldest: a queue that grows while the consumer is busy
     from aiortc.contrib.media import MediaRelay
 
-    got, newest, oldest = asyncio.run(scenario(MediaRelay()))
+    got, newest, oldest = run_async(scenario(MediaRelay()))
     assert got == oldest
