@@ -149,3 +149,16 @@ def _structural_copy(module: nn.Module) -> nn.Module:
     new._modules = {name: None if sub is None else _structural_copy(sub)
                     for name, sub in module._modules.items()}
     return new
+
+
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as the per-channel affine map ``y = scale·x + shift``:
+    ``scale = γ/√(σ² + ε)``, ``shift = β − μ·scale`` (γ = 1, β = 0 without affine parameters)."""
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+    return scale, shift

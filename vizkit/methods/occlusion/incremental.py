@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vizkit.methods.occlusion.int8 import Int8Kernels, available, conv_in_8_bits
+from vizkit.models.base import batchnorm_affine
 
 # A node's box covering at least this fraction of its map is cheaper to compute in full.
 FULL_FRACTION = 0.55
@@ -267,13 +268,8 @@ class IncrementalOcclusion:
             if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_var is None \
                     or bn_node.kwargs or len(bn_node.all_input_nodes) != 1:
                 continue
+            scale, shift = batchnorm_affine(bn)
             with torch.no_grad():
-                scale = torch.rsqrt(bn.running_var + bn.eps)
-                if bn.weight is not None:
-                    scale = scale * bn.weight
-                shift = -bn.running_mean * scale
-                if bn.bias is not None:
-                    shift = shift + bn.bias
                 if conv.bias is not None:
                     shift = shift + conv.bias * scale
                 weight = (conv.weight * scale.view(-1, 1, 1, 1)).detach().to(conv.weight.dtype)
@@ -632,9 +628,7 @@ class IncrementalOcclusion:
             if isinstance(mod, nn.BatchNorm2d):
                 if mod.training or mod.running_var is None:
                     return None
-                scale = torch.rsqrt(mod.running_var + mod.eps)
-                if mod.weight is not None:
-                    scale = scale * mod.weight
+                scale, _ = batchnorm_affine(mod)  # the shift cancels in a change
                 return Crop(crop.delta * scale.view(1, -1, 1, 1), crop.ys, crop.xs,
                             crop.height, crop.width)
             if isinstance(mod, _ELEMENTWISE):

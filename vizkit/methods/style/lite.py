@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vizkit.methods.style.extractors import image_conv
+from vizkit.models.base import batchnorm_affine
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,12 @@ def fold_batchnorm(seq: nn.Module) -> None:
     conv, bn = getattr(seq, "conv", None), getattr(seq, "bn", None)
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
         return
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    scale, shift = batchnorm_affine(bn)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       groups=conv.groups, bias=True)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
+        fused.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
     seq.conv, seq.bn = fused, nn.Identity()
 
 
