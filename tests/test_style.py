@@ -221,6 +221,60 @@ def test_preserve_color_keeps_the_content_chroma(multiscale, coarse, monkeypatch
     assert np.abs(ycc(plain.image)[..., 1:] - ref[..., 1:]).mean() > 3 * chroma_diff.mean()
 
 
+def _quantiles(img: np.ndarray) -> np.ndarray:
+    """Each RGB channel's quantile function at 99 levels (numpy's, not vizkit's code)."""
+    return np.quantile(img.reshape(-1, 3).astype(float), np.linspace(0.01, 0.99, 99), axis=0)
+
+
+def test_match_palette_takes_the_style_colours_and_keeps_the_picture():
+    from vizkit.methods.style.color import match_palette
+
+    content = landscape(64)
+    style = np.asarray(Image.open(vs.style_images()["mosaic"]).convert("RGB"))[:90, :70]
+    out = match_palette(content, style)
+    assert out.shape == content.shape and out.dtype == np.uint8
+    # Every channel's distribution is the style's (mean gap between quantile functions), which
+    # the content's is not; and the 3-D colour statistics follow: means and covariances.
+    gap = lambda a, b: np.abs(_quantiles(a) - _quantiles(b)).mean()  # noqa: E731
+    assert gap(content, style) > 15 and gap(out, style) < 3
+    pix = lambda a: a.reshape(-1, 3).astype(float)  # noqa: E731
+    assert np.abs(pix(out).mean(0) - pix(style).mean(0)).max() < 3
+    cov_gap = np.abs(np.cov(pix(out).T) - np.cov(pix(style).T)).max() / np.abs(np.cov(pix(style).T)).max()
+    assert cov_gap < 0.1
+    # The picture stays: the result's brightness still ranks the pixels much as the content's.
+    luma = lambda a: pix(a) @ [0.299, 0.587, 0.114]  # noqa: E731
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    assert np.corrcoef(ranks(luma(out)), ranks(luma(content)))[0, 1] > 0.7
+    # Seeded, and zero iterations change nothing.
+    assert np.array_equal(match_palette(content, style), out)
+    assert np.array_equal(match_palette(content, style, iterations=0), content)
+    with pytest.raises(ValueError, match="RGB uint8"):
+        match_palette(content[..., 0], style)
+
+
+def test_palette_init_starts_from_the_recoloured_content(multiscale, monkeypatch):
+    from vizkit.methods.style.color import match_palette
+
+    first = []
+    evaluate = style_losses.Objective.evaluate
+
+    def recorded(self, image, backward):
+        if not first:
+            first.append(image.detach().clone())
+        return evaluate(self, image, backward)
+
+    monkeypatch.setattr(style_losses.Objective, "evaluate", recorded)
+    content, style = landscape(64), random_image(48, 80, seed=3)
+    vs.run_to_end(vs.style_transfer(content, style, extractor=multiscale, steps=2, size=64, init="palette"))
+    expected = match_palette(content, vs._resize(style, (64, 64)))
+    assert np.array_equal(vs._to_image(first[0]), expected)
+    # Keeping the content's colours and starting from the style's contradict each other.
+    with pytest.raises(ValueError, match="choose one"):
+        next(vs.style_transfer(content, style, extractor=multiscale, init="palette", preserve_color=True))
+    with pytest.raises(ValueError, match="'palette'"):
+        next(vs.style_transfer(content, style, extractor=multiscale, init="style"))
+
+
 def test_stages_split_half_the_steps_to_half_the_size_from_256_px():
     assert vs._stages(256, 40, True) == [(128, 20), (256, 20)]
     assert vs._stages(512, 25, True) == [(256, 12), (512, 13)]
@@ -381,6 +435,9 @@ def test_cli_writes_a_png_without_metadata(tmp_path, capsys):
     assert main(["style", str(strip), "marble", "--out", str(out), "--extractor", "random-multiscale",
                  "--size", "64"]) == 2
     assert "shorter side must be at least" in capsys.readouterr().err
+    assert main(["style", str(content), "marble", "--out", str(out), "--extractor", "random-multiscale",
+                 "--size", "40", "--init", "palette", "--preserve-color"]) == 2
+    assert "choose one" in capsys.readouterr().err
 
 
 def _with_text(key: str, value: str):

@@ -153,6 +153,10 @@ def test_registered_variants_and_their_layers():
     assert extractors.get_extractor("efficientnet-lite0", "cpu").module.smoothing is None
     assert extractors.get_extractor("efficientnet-lite0-raw", "cpu").style_layers == \
         extractors.LITE0_RAW_STYLE_LAYERS
+    # Only the default starts from the content in the style's colours, at full size.
+    default = extractors.get_extractor("efficientnet-lite0", "cpu")
+    assert (default.init, default.coarse_to_fine) == ("palette", False)
+    assert (smooth_ext.init, smooth_ext.coarse_to_fine) == ("content", True)
 
 
 def test_default_is_vgg19_then_lite0_then_random_filters(monkeypatch, tmp_path):

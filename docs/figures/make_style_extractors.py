@@ -4,9 +4,11 @@
 
 Left to right: the content photo, the style image, then ``style_transfer`` with the untrained
 random filters (``random-multiscale``), raw EfficientNet-Lite0 block outputs
-(``efficientnet-lite0-raw``), softmax-smoothed Lite0 features (``efficientnet-lite0-smooth``) and
-the default ``efficientnet-lite0``: each at its own default layers, style weight and optimizer,
-256 px, 50 steps (the style page's first run; bench/style_quality.py scores the same settings).
+(``efficientnet-lite0-raw``), softmax-smoothed Lite0 features (``efficientnet-lite0-smooth``), the
+content in the style's colours (``color.match_palette``: where the default starts, no
+optimization) and the default ``efficientnet-lite0``: each at its own default start, layers, style
+weight and optimizer, 256 px, 50 steps (the style page's first run; bench/style_quality.py scores
+the same settings).
 ``--from DIR`` takes the results from the folder ``bench/style_quality.py --save DIR`` wrote
 (its β×1 runs are these same runs) instead of computing them again.
 """
@@ -24,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import vizkit as vk  # noqa: E402
 from vizkit import render  # noqa: E402
+from vizkit.methods.style.color import match_palette  # noqa: E402
 from vizkit.methods.style.transfer import run_to_end, style_images, style_transfer  # noqa: E402
 
 # Registry name: bench/style_quality.py's short name.
@@ -51,7 +54,8 @@ def main() -> None:
         print(name, {k: round(v, 4) for k, v in result.losses.items()})
         results.append(result.image)
     h, w = results[0].shape[:2]
-    panels = [render.resize(content, (h, w)), render.resize(style, (h, w)), *results]
+    content_at, style_at = render.resize(content, (h, w)), render.resize(style, (h, w))
+    panels = [content_at, style_at, *results[:-1], match_palette(content_at, style_at), results[-1]]
     out = ROOT / "docs" / "figures" / "style_extractors.png"
     tmp = out.with_suffix(".tmp.png")
     Image.fromarray(render.tile(panels, cols=len(panels))).save(tmp)

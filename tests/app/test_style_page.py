@@ -20,8 +20,11 @@ def test_style_page_runs_a_few_steps_and_keeps_the_result(bundled_ready):
         assert at.selectbox(key="style_extractor").value == "efficientnet-lite0"
         assert EXTRACTORS["random-multiscale"].title in at.selectbox(key="style_extractor").options
         assert at.select_slider(key="style_size").value == 256
-        assert at.slider(key="style_w_style_efficientnet-lite0").value == 1.5
+        assert at.slider(key="style_w_style_efficientnet-lite0").value == 1.0  # β = 10
         assert at.slider(key="style_w_tv_efficientnet-lite0").value == 2  # γ = 100
+        # It starts from the content in the style's colours, at full size.
+        assert at.radio(key="style_init_efficientnet-lite0").value == "palette"
+        assert not at.checkbox(key="style_coarse_efficientnet-lite0").value
     elif not vgg19_available():
         assert any("untrained random filters" in i.value for i in at.info)
         assert at.selectbox(key="style_extractor").value == "random-multiscale"
@@ -30,6 +33,9 @@ def test_style_page_runs_a_few_steps_and_keeps_the_result(bundled_ready):
     at.select_slider(key="style_steps").set_value(10).run()
     at.selectbox(key="style_choice").set_value("mosaic").run()
     at.checkbox(key="style_preserve").check().run()
+    if at.radio(key=f"style_init_{at.selectbox(key='style_extractor').value}").value == "palette":
+        # Keeping the content's colours and starting from the style's contradict: the page says so.
+        assert any("starts from the content's own colours" in c.value for c in at.caption)
     at.button(key="style_go").click().run()
     assert_clean(at)
     status = [m.value for m in at.markdown if m.value.startswith("**Done**")]
@@ -53,7 +59,11 @@ def test_style_page_coarse_to_fine_marks_the_switch_to_full_size(bundled_ready):
     assert off.disabled and not off.value
     at.select_slider(key="style_size").set_value(256).run()
     at.select_slider(key="style_steps").set_value(10).run()
-    assert not at.checkbox(key="style_coarse").disabled and at.checkbox(key="style_coarse").value
+    coarse = at.checkbox(key=f"style_coarse_{at.selectbox(key='style_extractor').value}")
+    assert not coarse.disabled
+    # On by default for VGG19 and the random filters, off for EfficientNet-Lite0; turned on here.
+    assert coarse.value == (at.selectbox(key="style_extractor").value != "efficientnet-lite0")
+    coarse.check().run()
     at.button(key="style_go").click().run()
     assert_clean(at)
     captions = [img.caption for el in at.image for img in el.proto.imgs]

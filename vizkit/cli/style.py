@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vizkit.methods.style.extractors import EXTRACTORS, default_extractor, get_extractor
-from vizkit.methods.style.transfer import style_images, style_transfer
+from vizkit.methods.style.transfer import INITS, style_images, style_transfer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,14 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--content-weight", type=float, default=None)
     parser.add_argument("--style-weight", type=float, default=None)
     parser.add_argument("--tv-weight", type=float, default=None, help="default: the extractor's")
-    parser.add_argument("--init", choices=("content", "noise"), default="content")
+    parser.add_argument("--init", choices=INITS, default=None,
+                        help="content, palette (the content in the style's colours) or noise; "
+                             "default: the extractor's (palette for efficientnet-lite0)")
     parser.add_argument("--preserve-color", action="store_true", help="transfer luminance only")
     parser.add_argument("--content-layers", nargs="+", default=None, metavar="LAYER")
     parser.add_argument("--style-layers", nargs="+", default=None, metavar="LAYER")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--single-scale", action="store_true",
-                        help="all steps at full size (default: coarse-to-fine from 256 px up)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--single-scale", action="store_true",
+                       help="all steps at full size (default: the extractor's; coarse-to-fine from "
+                            "256 px up except for efficientnet-lite0)")
+    scale.add_argument("--coarse-to-fine", action="store_true",
+                       help="the first half of the steps at half size, from 256 px up")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         style_layers=args.style_layers, content_weight=args.content_weight,
         style_weight=args.style_weight, tv_weight=args.tv_weight, optimizer=args.optimizer,
         steps=args.steps, size=args.size, init=args.init, preserve_color=args.preserve_color,
-        preview_every=1, seed=args.seed, coarse_to_fine=not args.single_scale,
+        preview_every=1, seed=args.seed,
+        coarse_to_fine=False if args.single_scale else True if args.coarse_to_fine else None,
     )
     result = None
     try:

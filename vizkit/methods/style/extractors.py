@@ -158,6 +158,10 @@ class FeatureExtractor:
             activations balance its layers by themselves; ReLU6 caps EfficientNet-Lite's, and
             without it the deepest style layer would count orders of magnitude less than the
             shallowest).
+        init: where a run starts by default (``transfer.INITS``): ``"content"``, or
+            ``"palette"``, the content in the style's colours.
+        coarse_to_fine: whether a run from 256 px up starts at half size by default
+            (``transfer.style_transfer``).
     """
 
     name: str
@@ -175,6 +179,8 @@ class FeatureExtractor:
     adam_lr: float = 0.02
     tv_weight: float = 0.0
     gram_norm: bool = False
+    init: str = "content"
+    coarse_to_fine: bool = True
 
     def layers(self) -> list[str]:
         """Every addressable layer (dotted ``named_modules()`` names)."""
@@ -302,12 +308,16 @@ LITE0_CONTENT_LAYERS = ("blocks.10.out",)
 # σ of the Gaussian blur of the image before the network (pixels): the loss then cannot see, nor
 # its gradient draw, the one-pixel speckle that raw Lite0 features leave (bench/style_quality.py).
 LITE0_BLUR = 1.0
-# β of the default run: 10^1.5 ≈ 32 sits on the page's half-decade slider. With gram_norm each
-# style layer's term is relative (1 = as far as a zero Gram), so β no longer depends on the widths.
-LITE0_BETA = 10 ** 1.5
-# γ of the default run's total variation: on chelsea × marble at the page's defaults it lifts the
-# judge's content cosine from 0.61 to 0.72 at the same style distance (0.40 / 0.41) and leaves no
-# speckle (bench/style_quality.py's judge; README).
+# The default run starts from the content in the style's colours (``init="palette"``,
+# ``color.match_palette``) at full size (no coarse stage: Lite0 sees its input blurred, so it
+# cannot restore the detail a coarse stage's upsampling loses), with β = 10 (10^1 on the page's
+# half-decade slider) and γ = 100. bench/style_quality.py over its eight pairs at 256 px, 50 steps
+# (EfficientNet-Lite1 judge, style distance / content cosine): content init with coarse stage and
+# β = 10^1.5 0.401 / 0.496, palette init 0.305 / 0.554, palette init at β = 10 0.307 / 0.643, the
+# same at full size 0.293 / 0.642; random filters at their defaults 0.396 / 0.656.
+LITE0_BETA = 10.0
+# γ of the default run's total variation: on chelsea × marble (content init, β = 10^1.5) it lifted
+# the judge's content cosine from 0.61 to 0.72 at the same style distance and left no speckle.
 LITE0_TV = 1e2
 
 
@@ -346,7 +356,8 @@ def build_lite0(weights: str | None, smoothing: Any = None,
 
 
 def _build_lite0(weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
-    return build_lite0(weights, tv_weight=LITE0_TV)
+    module, fields = build_lite0(weights, tv_weight=LITE0_TV)
+    return module, {**fields, "init": "palette", "coarse_to_fine": False}
 
 
 def _build_lite0_smooth(weights: str | None) -> tuple[nn.Module, dict[str, Any]]:

@@ -8,10 +8,12 @@ on CUDA.
 
 From 256 px up, a run is coarse-to-fine by default (Gatys et al. 2017, "Controlling Perceptual
 Factors in Neural Style Transfer"): the first half of the steps optimize the image at half the
-size, where a step costs a quarter, and the rest refine it, upsampled, at full size.
+size, where a step costs a quarter, and the rest refine it, upsampled, at full size (not for
+EfficientNet-Lite0, whose blurred input cannot restore the detail the upsampling loses).
 
-``preserve_color`` transfers luminance only (Gatys, Bethge, Hertzmann & Shechtman 2016;
-``color.py``).
+A run starts from the content image, from the content in the style's colours (``init="palette"``,
+EfficientNet-Lite0's default) or from noise. ``preserve_color`` transfers luminance only (Gatys,
+Bethge, Hertzmann & Shechtman 2016); both colour tools are in ``color.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from vizkit.core.assets import ASSETS
-from vizkit.methods.style.color import luminance_pair, with_chroma
+from vizkit.methods.style.color import luminance_pair, match_palette, with_chroma
 from vizkit.methods.style.extractors import FeatureExtractor, get_extractor
 from vizkit.methods.style.losses import LossSettings, Objective
 
@@ -106,6 +108,8 @@ COARSE_MIN_SIZE = 128
 # The shorter side every extractor can take: random-multiscale's coarsest scale (1/8) needs 3 px
 # for its reflection padding; VGG19 needs 16 px up to conv5_1.
 MIN_SIDE = 24
+# Where a run starts: the content image, the content in the style's colours, or uniform noise.
+INITS = ("content", "palette", "noise")
 
 
 def _stages(size: int, steps: int, coarse_to_fine: bool) -> list[tuple[int, int]]:
@@ -129,14 +133,14 @@ def style_transfer(
     optimizer: str | None = None,
     steps: int = 100,
     size: int = 256,
-    init: str = "content",
+    init: str | None = None,
     preserve_color: bool = False,
     device: str | torch.device | None = None,
     preview_every: int = 10,
     lr: float | None = None,
     seed: int = 0,
     stop: Callable[[], bool] | None = None,
-    coarse_to_fine: bool = True,
+    coarse_to_fine: bool | None = None,
 ) -> Generator[StyleStep, None, StyleStep]:
     """Gatys et al. 2015 style transfer as a generator of previews.
 
@@ -160,28 +164,35 @@ def style_transfer(
             and EfficientNet-Lite0, Adam for random-multiscale).
         steps: objective evaluations.
         size: the output's longer side in pixels (the content's aspect ratio is kept).
-        init: start from the ``"content"`` image or from ``"noise"``.
+        init: start from the ``"content"`` image, from the content in the style's colours
+            (``"palette"``: ``color.match_palette``), or from ``"noise"``; ``None`` takes the
+            extractor's.
         preserve_color: transfer luminance only, keep the content's colors (Gatys et al. 2016).
         device: ``None`` picks cuda, mps, then cpu (ignored for a ``FeatureExtractor``).
         preview_every: steps between two previews.
         lr: step size; ``None`` is 1 for L-BFGS and the extractor's ``adam_lr`` for Adam.
         seed: seeds the noise initialization.
         stop: called between steps; returning true ends the run with the result so far.
-        coarse_to_fine: when ``size // 2`` is at least ``COARSE_MIN_SIZE``, run the first
+        coarse_to_fine: ``None`` takes the extractor's (on, except for ``efficientnet-lite0``).
+            When on and ``size // 2`` is at least ``COARSE_MIN_SIZE``, run the first
             ``COARSE_FRACTION`` of the steps at half the size, then upsample and finish at full
             size. Previews of the coarse stage are shown upsampled; the losses reported are
             those of the stage's own size, and the final ones are at full size.
     """
     if optimizer not in (None, "lbfgs", "adam"):
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}.")
-    if init not in ("content", "noise"):
-        raise ValueError(f"init must be 'content' or 'noise', got {init!r}.")
+    if init not in (None, *INITS):
+        raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}.")
     if not isinstance(size, int) or not 16 <= size <= 4096:
         raise ValueError(f"size must be an integer between 16 and 4096, got {size!r}.")
     if steps < 1 or preview_every < 1:
         raise ValueError("steps and preview_every must be at least 1.")
     ext = extractor if isinstance(extractor, FeatureExtractor) else get_extractor(extractor, device)
     optimizer = optimizer or ext.optimizer
+    init = init or ext.init
+    if init == "palette" and preserve_color:
+        raise ValueError("init='palette' takes the style's colours and preserve_color keeps the "
+                         "content's: choose one.")
     if lr is None:
         lr = ext.adam_lr if optimizer == "adam" else 1.0
     loss = LossSettings(
@@ -211,6 +222,8 @@ def style_transfer(
     image: torch.Tensor | None = None
     stopped = False
     objective: Objective | None = None
+    if coarse_to_fine is None:
+        coarse_to_fine = ext.coarse_to_fine
     coarse_to_fine = coarse_to_fine and min(out_shape) // 2 >= MIN_SIDE
     for stage_size, stage_steps in _stages(size, steps, coarse_to_fine):
         stage_content = _resize(content, stage_size)
@@ -226,6 +239,8 @@ def style_transfer(
                                   align_corners=False).clamp_(0, 1).contiguous()
         elif init == "content":
             image = _to_tensor(work_content, device)
+        elif init == "palette":
+            image = _to_tensor(match_palette(work_content, work_style), device)
         else:
             g = torch.Generator().manual_seed(seed)
             image = torch.rand((1, 3, *stage_content.shape[:2]), generator=g).to(device)
