@@ -58,7 +58,8 @@ if not vgg19_available() and lite0_available():
         "VGG19's ImageNet weights are not on this machine, so the default features come from "
         "**EfficientNet-Lite0**, trained on ImageNet and installed with vizkit (it works offline): "
         "the ReLU6 outputs of its first blocks for style, block 10 for content, on a slightly "
-        "blurred image. A run starts from the content in the style's colours. Untrained random filters (Ustyuzhaninov et al. 2017) stay in the list. "
+        "blurred image. A run starts from the content in the style's colours. Untrained random "
+        "filters (Ustyuzhaninov et al. 2017) stay in the list. "
         "To use VGG19, run `python -m vizkit weights import FILE --model vgg19` with torchvision's "
         "vgg19 file."
     )
