@@ -106,8 +106,8 @@ with right:
 # ---------------------------------------------------------------- settings
 c1, c2, c3, c4 = st.columns(4)
 # The first run: 256 px, 50 steps, the extractor's start, weights and scale (with EfficientNet-Lite0:
-# from the content in the style's colours, at full size; a stylized photo in about 10 s on 2 CPU
-# cores). bench/style_quality.py measures these defaults.
+# from the content in the style's colours, at full size; a stylized photo in a few seconds on 2
+# CPU cores). bench/style_quality.py measures these defaults.
 size = int(c1.select_slider("Size (longer side, px)", SIZES, value=256, key="style_size"))
 steps = int(c2.select_slider("Steps", STEPS, value=50, key="style_steps",
                              help="Evaluations of the loss and its gradient."))

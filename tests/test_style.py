@@ -268,7 +268,17 @@ def test_palette_init_starts_from_the_recoloured_content(multiscale, monkeypatch
     vs.run_to_end(vs.style_transfer(content, style, extractor=multiscale, steps=2, size=64, init="palette"))
     expected = match_palette(content, vs._resize(style, (64, 64)))
     assert np.array_equal(vs._to_image(first[0]), expected)
-    # Keeping the content's colours and starting from the style's contradict each other.
+    # Keeping the content's colours and starting from the style's contradict each other: asked
+    # for both, a clear error; with the palette only as the extractor's default, the content.
+    palette_default = dataclasses.replace(multiscale, init="palette")
+    first.clear()
+    vs.run_to_end(vs.style_transfer(content, style, extractor=palette_default, steps=2, size=64))
+    assert np.array_equal(vs._to_image(first[0]), expected)
+    first.clear()
+    vs.run_to_end(vs.style_transfer(content, style, extractor=palette_default, steps=2, size=64,
+                                    preserve_color=True))
+    gray = np.repeat(np.asarray(Image.fromarray(vs._resize(content, 64)).convert("L"))[..., None], 3, -1)
+    assert np.abs(vs._to_image(first[0]).astype(int) - gray).max() <= 1  # the content's luminance
     with pytest.raises(ValueError, match="choose one"):
         next(vs.style_transfer(content, style, extractor=multiscale, init="palette", preserve_color=True))
     with pytest.raises(ValueError, match="'palette'"):

@@ -309,12 +309,13 @@ LITE0_CONTENT_LAYERS = ("blocks.10.out",)
 # its gradient draw, the one-pixel speckle that raw Lite0 features leave (bench/style_quality.py).
 LITE0_BLUR = 1.0
 # The default run starts from the content in the style's colours (``init="palette"``,
-# ``color.match_palette``) at full size (no coarse stage: Lite0 sees its input blurred, so it
-# cannot restore the detail a coarse stage's upsampling loses), with β = 10 (10^1 on the page's
-# half-decade slider) and γ = 100. bench/style_quality.py over its eight pairs at 256 px, 50 steps
-# (EfficientNet-Lite1 judge, style distance / content cosine): content init with coarse stage and
-# β = 10^1.5 0.401 / 0.496, palette init 0.305 / 0.554, palette init at β = 10 0.307 / 0.643, the
-# same at full size 0.293 / 0.642; random filters at their defaults 0.396 / 0.656.
+# ``color.match_palette``) at full size (no coarse stage: measured below; perhaps because Lite0
+# sees its input blurred and so does not restore what the coarse stage's upsampling loses), with
+# β = 10 (10^1 on the page's half-decade slider) and γ = 100. bench/style_quality.py's judge over
+# its eight pairs at 256 px, 50 steps (EfficientNet-Lite1; style distance / content cosine):
+# content init with coarse stage at β = 10^1.5 0.401 / 0.496; palette init 0.305 / 0.554; palette
+# init at β = 10 0.307 / 0.643; the same at full size 0.293 / 0.642; random filters at their
+# defaults 0.396 / 0.656.
 LITE0_BETA = 10.0
 # γ of the default run's total variation: on chelsea × marble (content init, β = 10^1.5) it lifted
 # the judge's content cosine from 0.61 to 0.72 at the same style distance and left no speckle.

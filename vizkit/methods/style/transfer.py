@@ -8,8 +8,9 @@ on CUDA.
 
 From 256 px up, a run is coarse-to-fine by default (Gatys et al. 2017, "Controlling Perceptual
 Factors in Neural Style Transfer"): the first half of the steps optimize the image at half the
-size, where a step costs a quarter, and the rest refine it, upsampled, at full size (not for
-EfficientNet-Lite0, whose blurred input cannot restore the detail the upsampling loses).
+size, where a step costs a quarter, and the rest refine it, upsampled, at full size. Not by
+default for EfficientNet-Lite0: at full size its default run reaches a lower style distance at
+the same content (bench/style_quality.py; ``extractors.LITE0_BETA``).
 
 A run starts from the content image, from the content in the style's colours (``init="palette"``,
 EfficientNet-Lite0's default) or from noise. ``preserve_color`` transfers luminance only (Gatys,
@@ -166,7 +167,7 @@ def style_transfer(
         size: the output's longer side in pixels (the content's aspect ratio is kept).
         init: start from the ``"content"`` image, from the content in the style's colours
             (``"palette"``: ``color.match_palette``), or from ``"noise"``; ``None`` takes the
-            extractor's.
+            extractor's (``"content"`` with ``preserve_color``).
         preserve_color: transfer luminance only, keep the content's colors (Gatys et al. 2016).
         device: ``None`` picks cuda, mps, then cpu (ignored for a ``FeatureExtractor``).
         preview_every: steps between two previews.
@@ -189,8 +190,9 @@ def style_transfer(
         raise ValueError("steps and preview_every must be at least 1.")
     ext = extractor if isinstance(extractor, FeatureExtractor) else get_extractor(extractor, device)
     optimizer = optimizer or ext.optimizer
-    init = init or ext.init
-    if init == "palette" and preserve_color:
+    if init is None:  # the extractor's start, unless it would undo preserve_color
+        init = "content" if preserve_color and ext.init == "palette" else ext.init
+    elif init == "palette" and preserve_color:
         raise ValueError("init='palette' takes the style's colours and preserve_color keeps the "
                          "content's: choose one.")
     if lr is None:
