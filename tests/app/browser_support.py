@@ -109,7 +109,8 @@ SETTLED = """() => !document.querySelector('[data-testid="stStatusWidgetRunningI
     && Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"""
 
 
-TOOLTIP_GONE = """() => !Array.from(document.querySelectorAll('[role="tooltip"], [data-testid="stTooltipContent"]'))
+TOOLTIP_GONE = """() => !Array.from(
+    document.querySelectorAll('[role="tooltip"], [data-testid="stTooltipContent"]'))
     .some(t => t.getBoundingClientRect().width > 0)"""
 
 
