@@ -64,8 +64,20 @@ def _signed_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         rows = x.reshape(x.shape[0], -1)
     peak = torch.maximum(rows.amax(1), rows.amin(1).neg_())
-    peak = peak.clamp_min_(torch.finfo(x.dtype).tiny).view(-1, *([1] * (x.dim() - 1)))
+    return _signed(x, peak.view(-1, *([1] * (x.dim() - 1))))
+
+
+def _signed(x: torch.Tensor, peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as s8 in -127..127 with ``peak`` (broadcasting against ``x``) at 127: ``(q, scale)``;
+    a zero peak gets a tiny scale."""
+    peak = peak.clamp_min(torch.finfo(x.dtype).tiny)
     return x.mul(_LEVELS / peak).round_().to(torch.int8), peak / _LEVELS
+
+
+def _unsigned(q: torch.Tensor) -> torch.Tensor:
+    """s8 → u8 shifted by 128, by flipping the sign bit (v ^ 0x80 == v + 128): converting float
+    to u8 directly is twice as slow as to s8."""
+    return q.view(torch.uint8).bitwise_xor_(0x80)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +87,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     all-zero row gets a tiny scale.
     """
     q, scale = _signed_rows(x)
-    # Shift s8 to u8 by flipping the sign bit (v ^ 0x80 == v + 128): converting float to u8
-    # directly is twice as slow as to s8.
-    return q.view(torch.uint8).bitwise_xor_(0x80), scale
+    return _unsigned(q), scale
 
 
 def quantize_pixels(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,10 +98,8 @@ def quantize_pixels(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     at every pixel, where one scale per position leaves the faint edges of the box a few.
     """
     x = x.contiguous(memory_format=torch.channels_last)
-    peak = torch.maximum(x.amax(1, keepdim=True), x.amin(1, keepdim=True).neg_())
-    peak = peak.clamp_min_(torch.finfo(x.dtype).tiny)
-    q = x.mul(_LEVELS / peak).round_().to(torch.int8)
-    return q.view(torch.uint8).bitwise_xor_(0x80), peak.div_(_LEVELS)
+    q, scale = _signed(x, torch.maximum(x.amax(1, keepdim=True), x.amin(1, keepdim=True).neg_()))
+    return _unsigned(q), scale
 
 
 def _weight_scales(w: torch.Tensor, levels: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
