@@ -734,8 +734,7 @@ class IncrementalOcclusion:
                 value = self._incremental_op(node, env)
                 if value is None:
                     full_env = {a: self._value(a, env) for a in node.all_input_nodes}
-                    value = None
-                    if node in self._fusions:
+                    if node in self._fusions:  # value is None here
                         value = self._fused_full(node, full_env[node.all_input_nodes[0]],
                                                  absorbed)
                     if value is None:
