@@ -332,7 +332,7 @@ def lite0_available() -> bool:
 def build_lite0(weights: str | None, smoothing: Any = None,
                 style_layers: Sequence[str] = LITE0_STYLE_LAYERS,
                 content_layers: Sequence[str] = LITE0_CONTENT_LAYERS, style_weight: float = LITE0_BETA,
-                blur: float = LITE0_BLUR, tv_weight: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
+                blur: float = LITE0_BLUR) -> tuple[nn.Module, dict[str, Any]]:
     """EfficientNet-Lite0's features (``lite.LiteFeatures``, optionally ``lite.Smoothing``-ed) and
     their ``FeatureExtractor`` fields: L-BFGS, each style layer's term normalized (``gram_norm``)."""
     from vizkit.methods.style.lite import build_lite_features
@@ -349,7 +349,7 @@ def build_lite0(weights: str | None, smoothing: Any = None,
     fields: dict[str, Any] = dict(
         mean=LITE_MEAN, std=LITE_STD, content_layers=tuple(content_layers),
         style_layers=tuple(style_layers), content_weight=1.0, style_weight=style_weight,
-        trained=weights == "default", gram_norm=True, tv_weight=tv_weight,
+        trained=weights == "default", gram_norm=True,
     )
     if weights is None:
         fields["title"] = "EfficientNet-Lite0 with random weights (untrained; for testing)"
@@ -357,8 +357,8 @@ def build_lite0(weights: str | None, smoothing: Any = None,
 
 
 def _build_lite0(weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
-    module, fields = build_lite0(weights, tv_weight=LITE0_TV)
-    return module, {**fields, "init": "palette", "coarse_to_fine": False}
+    module, fields = build_lite0(weights)
+    return module, {**fields, "tv_weight": LITE0_TV, "init": "palette", "coarse_to_fine": False}
 
 
 def _build_lite0_smooth(weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
