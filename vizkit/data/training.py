@@ -8,9 +8,9 @@ rename). ``python -m vizkit train --eval-only`` re-measures the accuracy on the 
 scenes and on the held-out background family.
 
 A run saves its whole state (weights, optimizer, schedule, position in the epoch) every
-``CHECKPOINT_EVERY`` steps; ``--continue`` picks a killed run up there. Each epoch's order and
-scenes are a function of (seed, epoch) alone, so a continued run ends with the same weights as
-one that was never stopped.
+``CHECKPOINT_EVERY`` steps and after each epoch; ``--resume`` picks a killed run up there. Each
+epoch's order and scenes are a function of (seed, epoch) alone, so a continued run ends with the
+same weights as one that was never stopped.
 """
 
 from __future__ import annotations
@@ -257,9 +257,8 @@ def train(config: TrainConfig, *, out: Path = ASSETS, checkpoint: Path = CHECKPO
             if state.step % CHECKPOINT_EVERY == 0 and state.step < steps_per_epoch:
                 state.minutes = base + (time.time() - start) / 60
                 _save_checkpoint(checkpoint, state, module, opt, sched)
-                minutes = base + (time.time() - start) / 60
                 log(f"epoch {epoch}/{config.epochs} step {state.step}/{steps_per_epoch} "
-                    f"loss {np.mean(state.losses[-CHECKPOINT_EVERY:]):.3f} ({minutes:.1f} min)")
+                    f"loss {np.mean(state.losses[-CHECKPOINT_EVERY:]):.3f} ({state.minutes:.1f} min)")
         row = {"epoch": epoch, "loss": float(np.mean(state.losses))}
         for name, check in checks.items():
             row[f"{name}_accuracy"], _ = evaluate(module, check.images, check.labels)
@@ -282,7 +281,7 @@ def write_subset(path: Path = SUBSET_FILE, hold_out: str | None = HELD_OUT) -> N
     scenes = evaluation_scenes(hold_out, SUBSET_SIZE)
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "wb") as fh:  # a file object: savez would append ".npz" to a name
             np.savez_compressed(fh, images=scenes.images, labels=scenes.labels, boxes=scenes.boxes)
 
     write_atomically(path, write)
