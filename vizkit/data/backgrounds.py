@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vizkit.core.registry import Registry
+
 Draw = Callable[[int, int, torch.Generator], torch.Tensor]
 
 
@@ -63,8 +65,9 @@ def _normalized(field: torch.Tensor) -> torch.Tensor:
 
 # --- the textures FashionScenes always had --------------------------------------------------------
 
-def _smooth_colour_noise(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """Value noise per channel: a random grid of 2..24 cells, upsampled bicubically."""
+def value_noise(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """Smooth colour value noise at a random scale: per channel a random grid of 2..24 cells,
+    upsampled bicubically."""
     noise = torch.zeros(n, 3, size, size)
     cells = torch.randint(2, 25, (n,), generator=g)
     for c in cells.unique().tolist():
@@ -84,11 +87,6 @@ def _waves(n: int, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.T
     wave = torch.sin(2 * math.pi * freq * proj + phase)
     across = xs * torch.cos(angle + math.pi / 2) + ys * torch.sin(angle + math.pi / 2)
     return proj, wave, torch.sin(2 * math.pi * freq * across + phase)
-
-
-def value_noise(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """Smooth colour value noise at a random scale (each channel its own random grid)."""
-    return _smooth_colour_noise(n, size, g)
 
 
 def gratings(n: int, size: int, g: torch.Generator) -> torch.Tensor:
@@ -120,7 +118,7 @@ def gradients(n: int, size: int, g: torch.Generator) -> torch.Tensor:
 
 def blends(n: int, size: int, g: torch.Generator) -> torch.Tensor:
     """Colour noise blended with a grating: textured and structured at once."""
-    noise = _smooth_colour_noise(n, size, g)
+    noise = value_noise(n, size, g)
     grating = gratings(n, size, g)
     base = _u(g, n, 3, 1, 1)
     return (base + (0.5 * noise + 0.5 * grating - 0.5) * 1.2).clamp(0, 1)
@@ -387,7 +385,9 @@ class BackgroundFamily:
     summary: str
 
 
-FAMILIES: dict[str, BackgroundFamily] = {f.name: f for f in (
+#: The families by name, in registration order (``vizkit.core.registry.Registry``).
+FAMILIES: Registry[BackgroundFamily] = Registry("background family")
+for _family in (
     BackgroundFamily("value_noise", value_noise, "smooth colour value noise, 2–24 cells"),
     BackgroundFamily("gratings", gratings, "two-colour sinusoidal gratings"),
     BackgroundFamily("stripes_checks", stripes_checks, "stripes and checkerboards, any frequency and angle"),
@@ -399,7 +399,8 @@ FAMILIES: dict[str, BackgroundFamily] = {f.name: f for f in (
     BackgroundFamily("blobs", blobs, "soft blurred ellipses over a base colour"),
     BackgroundFamily("dead_leaves", dead_leaves, "dead-leaves discs and squares, sharp edges, 1/r³ sizes"),
     BackgroundFamily("photos", photos, "crops of 18 real photos shipped with scikit-image"),
-)}
+):
+    FAMILIES.register(_family)
 #: The family the bundled model never sees in training; scenes drawn from it alone measure how it
 #: does on an unfamiliar kind of background (``python -m vizkit train --eval-only``).
 HELD_OUT = "photos"
